@@ -1,0 +1,68 @@
+# curate: one target per stage. Overrides: POOL= OUT= ENGINE= RECIPE= URLS= SRC= SELECT= SET=
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+OUT    ?= out/demo
+POOL   ?= $(OUT)/pool
+ENGINE ?= local
+RECIPE ?= jobs/recipes/demo.yaml
+URLS   ?= urls.parquet
+SRC    ?= datacomp
+SELECT ?= basic_keep
+SET    ?=
+SETARGS := $(foreach s,$(SET),--set $(s))
+SPARK_ENV := PYSPARK_PYTHON=$(abspath $(BIN))/python PYSPARK_DRIVER_PYTHON=$(abspath $(BIN))/python
+
+.PHONY: help venv demo test test-fast ingest import-datacomp demo-pool basic laion2b align filter subset run spark-run bench clean
+
+help:            ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
+	@echo "overrides: POOL=$(POOL) OUT=$(OUT) ENGINE=$(ENGINE) RECIPE=$(RECIPE) URLS=$(URLS) SRC=$(SRC) SET='stage.key=value ...'"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(STAMP)   ## create the local virtual environment (.venv) with everything installed
+
+demo: $(STAMP)   ## the main job end to end on the built-in demo pool -> out/demo
+	$(BIN)/curate demo --out $(OUT) --engine $(ENGINE) --recipe $(RECIPE) $(SETARGS)
+
+test: $(STAMP)   ## the whole test suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  ## tests without Spark and slow ones
+	$(BIN)/python -m pytest -q -m "not spark and not slow"
+
+demo-pool: $(STAMP)  ## generate the synthetic demo source (images, URL list, ground truth)
+	$(BIN)/curate demo-pool --out $(OUT)/source
+
+ingest: $(STAMP)  ## download URLS (parquet/csv/tsv: url, caption) with img2dataset into POOL
+	$(BIN)/curate ingest $(URLS) --out $(POOL)
+
+import-datacomp: $(STAMP)  ## import a DataComp pool (parquet + npz) from SRC into POOL
+	$(BIN)/curate import-datacomp --src $(SRC) --out $(POOL)
+
+basic laion2b align: $(STAMP)  ## run one filter stage on POOL into OUT (e.g. make basic)
+	$(BIN)/curate $@ --pool $(POOL) --out $(OUT) --engine $(ENGINE) $(SETARGS)
+
+filter: basic laion2b align  ## all filter stages
+
+subset: $(STAMP)  ## select SELECT over the stage columns in OUT; write subset/ and subset.npy
+	$(BIN)/curate subset --pool $(POOL) --out $(OUT) --select "$(SELECT)" --engine $(ENGINE)
+
+run: $(STAMP)    ## run RECIPE on POOL into OUT
+	$(BIN)/curate run $(RECIPE) --pool $(POOL) --out $(OUT) --engine $(ENGINE) $(SETARGS)
+
+spark-run: $(STAMP)  ## run RECIPE through spark-submit (local[2])
+	$(SPARK_ENV) $(BIN)/spark-submit --master local[2] jobs/run.py $(RECIPE) --pool $(POOL) --out $(OUT) $(SETARGS)
+
+bench: $(STAMP)  ## benchmarks (ratios against baselines measured in the same run)
+	$(BIN)/python bench/bench_basic.py
+
+clean:           ## remove out/ (not the venv)
+	rm -rf out

@@ -1,0 +1,146 @@
+"""The pool format (DESIGN.md section 2): a directory of parquet shards, one row per sample.
+
+Shards are the `*.parquet` files directly inside the pool directory, in name order; a shard's
+index in that order is its partition number. Subdirectories hold sidecars (e.g.
+`embeddings/<model>/`), never shards. `uid` is the only required column and the only join key.
+
+Structural problems stop with a `PoolError` naming the file (and row where there is one):
+a missing directory, no shards, an unreadable (e.g. truncated) parquet file, a missing
+column, a malformed or duplicate uid. An empty shard is allowed and yields no rows.
+Invalid UTF-8 in a text column is repaired (U+FFFD) with a warning naming the file and
+rows, so a sample is never lost to an encoding error.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.uid import malformed_uid_rows, uid_pairs
+
+log = logging.getLogger(__name__)
+
+POOL_INFO = "_pool.json"
+
+
+class PoolError(ValueError):
+    """A structural problem with a pool: the message names the file, and the row if any."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    path: Path
+    rows: int
+
+    @property
+    def part(self) -> str:
+        return f"part-{self.index:05d}"
+
+
+def list_shards(pool_dir: str | Path) -> list[Path]:
+    pool_dir = Path(pool_dir)
+    if not pool_dir.is_dir():
+        raise PoolError(f"{pool_dir}: pool directory does not exist")
+    shards = sorted(p for p in pool_dir.glob("*.parquet") if not p.name.startswith((".", "_")))
+    if not shards:
+        raise PoolError(f"{pool_dir}: empty pool, no *.parquet shards in it")
+    return shards
+
+
+def parquet_file(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise PoolError(f"{path}: not a readable parquet file ({error})") from error
+
+
+def shard_columns(path: Path) -> list[str]:
+    return parquet_file(path).schema_arrow.names
+
+
+def scan_shards(pool_dir: str | Path) -> list[Shard]:
+    """The pool's shards with their row counts, read from parquet footers only."""
+    return [Shard(i, path, parquet_file(path).metadata.num_rows) for i, path in enumerate(list_shards(pool_dir))]
+
+
+def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """Read columns of one shard, checking that they exist and that uids are well formed."""
+    file = parquet_file(path)
+    names = file.schema_arrow.names
+    if columns is not None:
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise PoolError(f"{path}: missing required column(s) {missing}; it has {names}")
+    try:
+        table = file.read(columns=columns)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise PoolError(f"{path}: cannot read parquet data ({error})") from error
+    if "uid" in table.column_names:
+        check_uids(table.column("uid"), path)
+    return repair_text(table, path)
+
+
+def check_uids(uids: pa.ChunkedArray, path: Path) -> None:
+    bad = malformed_uid_rows(uids)
+    if len(bad):
+        row = int(bad[0])
+        raise PoolError(
+            f"{path} row {row}: malformed uid {uids[row].as_py()!r} "
+            f"(need 32 lower-case hex characters; {len(bad)} bad row(s) in this file)"
+        )
+
+
+def repair_text(table: pa.Table, path: Path) -> pa.Table:
+    for index, field in enumerate(table.schema):
+        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            continue
+        column = table.column(index)
+        try:
+            column.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        raw = column.cast(pa.large_binary() if pa.types.is_large_string(field.type) else pa.binary(), safe=False)
+        fixed, bad_rows = [], []
+        for row, value in enumerate(raw.to_pylist()):
+            if value is None:
+                fixed.append(None)
+                continue
+            try:
+                fixed.append(value.decode("utf-8"))
+            except UnicodeDecodeError:
+                fixed.append(value.decode("utf-8", "replace"))
+                bad_rows.append(row)
+        log.warning("%s column %r: invalid UTF-8 replaced by U+FFFD in rows %s", path, field.name, bad_rows[:10])
+        table = table.set_column(index, field, pa.array(fixed, field.type))
+    return table
+
+
+def check_unique_uids(pool_dir: str | Path) -> int:
+    """Scan every shard's uid column; raise naming both places of the first duplicate uid."""
+    shards = scan_shards(pool_dir)
+    pairs, places = [], []
+    for shard in shards:
+        uids = read_shard(shard.path, ["uid"]).column("uid")
+        pairs.append(uid_pairs(uids))
+        places.append(np.stack([np.full(len(uids), shard.index), np.arange(len(uids))], axis=1))
+    if not pairs:
+        return 0
+    all_pairs = np.concatenate(pairs)
+    order = np.argsort(all_pairs, order=["f0", "f1"], kind="stable")
+    sorted_pairs = all_pairs[order]
+    repeated = np.flatnonzero(sorted_pairs[1:] == sorted_pairs[:-1])
+    if len(repeated):
+        all_places = np.concatenate(places)
+        (s1, r1), (s2, r2) = all_places[order[repeated[0]]], all_places[order[repeated[0] + 1]]
+        raise PoolError(
+            f"duplicate uid: {shards[s2].path} row {r2} repeats the uid of {shards[s1].path} row {r1} "
+            f"({len(repeated)} repeated uid(s) in the pool)"
+        )
+    return len(all_pairs)

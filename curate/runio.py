@@ -1,0 +1,108 @@
+"""Run-directory I/O: atomic writes, per-partition completion markers, stage manifests.
+
+Every file a stage writes appears whole or not at all (written to a temporary name in the
+same directory, then renamed). A partition is finished when its marker exists; the marker
+is written after the partition's data, so a crash between the two re-runs the partition
+and the rename overwrites the earlier copy. Markers double as per-partition statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MARKER_DIR = "_done"
+MANIFEST = "_manifest.json"
+_VERSIONED = ("curate", "pyarrow", "polars", "numpy", "pyspark", "img2dataset", "fasttext-predict", "cld3-py")
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+
+
+def atomic_write_table(table: pa.Table, path: str | Path, *, row_group_size: int | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_json(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def marker_path(stage_dir: Path, part: str) -> Path:
+    return stage_dir / MARKER_DIR / f"{part}.json"
+
+
+def is_done(stage_dir: Path, part: str, data_file: Path | None = None) -> bool:
+    if not marker_path(stage_dir, part).exists():
+        return False
+    return data_file is None or data_file.exists()
+
+
+def mark_done(stage_dir: Path, part: str, stats: dict[str, Any]) -> None:
+    atomic_write_json(stats, marker_path(stage_dir, part))
+
+
+def done_stats(stage_dir: Path) -> list[dict[str, Any]]:
+    marker_dir = stage_dir / MARKER_DIR
+    if not marker_dir.exists():
+        return []
+    return [read_json(path) for path in sorted(marker_dir.glob("*.json"))]
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_manifest(stage_dir: Path, **fields: Any) -> dict[str, Any]:
+    manifest = {"written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": package_versions(), **fields}
+    atomic_write_json(manifest, stage_dir / MANIFEST)
+    return manifest
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    path = stage_dir / MANIFEST
+    return read_json(path) if path.exists() else None
+
+
+def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
+    """Swap a fully written directory into place (used where a whole directory is one unit)."""
+    if final_dir.exists():
+        old = _tmp_name(final_dir)
+        os.replace(final_dir, old)
+        os.replace(tmp_dir, final_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, final_dir)
