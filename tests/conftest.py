@@ -23,14 +23,18 @@ CAPTIONS = [
     "a small yellow house under a tree in summer",
 ]
 
+UNIQUE = {0, 1, 5, 7}  # these captions get a number: unique; the others repeat
+
 
 def make_rows(n: int, offset: int = 0) -> dict[str, list]:
-    """Hand-checkable rows: caption i % 8, sizes cycling through ok / small / too wide."""
+    """Hand-checkable rows: caption i % 8 (numbered when in UNIQUE), sizes cycling i % 6."""
     sizes = [(640, 480), (150, 300), (900, 250), (300, 300), (200, 600), (None, None)]
     rows = {"uid": [], "url": [], "text": [], "original_width": [], "original_height": [], "status": []}
     for i in range(offset, offset + n):
         url = f"http://example.invalid/{i}.jpg"
         text = CAPTIONS[i % len(CAPTIONS)]
+        if i % len(CAPTIONS) in UNIQUE:
+            text += f" number {i}"
         width, height = sizes[i % len(sizes)]
         rows["uid"].append(derive_uid(url, text))
         rows["url"].append(url)

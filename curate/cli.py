@@ -1,0 +1,179 @@
+"""The `curate` command line: one subcommand per stage, plus ingest, import, subset, run, demo.
+
+Every stage subcommand has the same shape: `curate STAGE --pool POOL --out OUT [--engine
+local|spark] [--set key=value ...]`; it adds the stage's columns under OUT/STAGE/ and selects
+nothing. `curate run RECIPE.yaml` runs a whole recipe and writes the subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from curate.engines import ENGINES
+from curate.pool import PoolError
+from curate.stage import RecipeError
+from curate.stages import STAGE_MODULES
+
+log = logging.getLogger("curate")
+
+DEFAULT_RECIPE = Path("jobs/recipes/demo.yaml")
+
+
+def _engine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=ENGINES, default="local", help="local (default) or spark")
+    parser.add_argument("--workers", type=int, default=None, help="local engine processes (default: all cores)")
+    parser.add_argument("--master", default=None, help="Spark master (default: spark-submit's, else local[*])")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="curate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a recipe: every stage, the subset, subset.npy and report.json")
+    run.add_argument("recipe", type=Path, help="recipe YAML, e.g. jobs/recipes/demo.yaml")
+    run.add_argument("--pool", type=Path, required=True, help="pool directory (parquet shards)")
+    run.add_argument("--out", type=Path, required=True, help="run directory; re-running resumes it")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override: stage.key=value, select=EXPR or seed=N (repeatable)")
+    _engine_args(run)
+
+    for name in STAGE_MODULES:
+        stage = commands.add_parser(name, help=f"run the {name} stage alone (adds {name}_* columns)")
+        stage.add_argument("--pool", type=Path, required=True)
+        stage.add_argument("--out", type=Path, required=True)
+        stage.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+        _engine_args(stage)
+
+    subset = commands.add_parser("subset", help="select rows from stage columns; write subset/ and subset.npy")
+    subset.add_argument("--pool", type=Path, required=True)
+    subset.add_argument("--out", type=Path, required=True, help="run directory holding the stage outputs")
+    subset.add_argument("--select", required=True, help="SQL boolean expression, e.g. \"basic_keep AND align_keep\"")
+    subset.add_argument("--stages", nargs="*", default=None, help="stages to join (default: all complete ones)")
+    _engine_args(subset)
+
+    ingest = commands.add_parser("ingest", help="download a URL list with img2dataset into a parquet pool")
+    ingest.add_argument("url_list", type=Path, help="parquet, csv or tsv with url and caption columns")
+    ingest.add_argument("--out", type=Path, required=True, help="pool directory to write")
+    ingest.add_argument("--url-col", default="url")
+    ingest.add_argument("--caption-col", default="caption")
+    ingest.add_argument("--processes", type=int, default=2)
+    ingest.add_argument("--threads", type=int, default=16)
+    ingest.add_argument("--resize-mode", default="no", help="img2dataset resize mode; 'no' keeps original bytes")
+    ingest.add_argument("--image-size", type=int, default=512)
+    ingest.add_argument("--timeout", type=float, default=10.0, help="seconds per download")
+    ingest.add_argument("--retries", type=int, default=0)
+    ingest.add_argument("--shard-size", type=int, default=10000, help="samples per pool shard")
+
+    imp = commands.add_parser("import-datacomp", help="import a DataComp pool (parquet + npz) with its embeddings")
+    imp.add_argument("--src", type=Path, required=True)
+    imp.add_argument("--out", type=Path, required=True)
+
+    demo_pool = commands.add_parser("demo-pool", help="generate the synthetic demo pool with known defects")
+    demo_pool.add_argument("--out", type=Path, required=True)
+    demo_pool.add_argument("--n", type=int, default=3000)
+    demo_pool.add_argument("--seed", type=int, default=0)
+
+    demo = commands.add_parser("demo", help="the whole demo: generate, serve, ingest, run the demo recipe")
+    demo.add_argument("--out", type=Path, default=Path("out/demo"))
+    demo.add_argument("--n", type=int, default=3000)
+    demo.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _engine_args(demo)
+
+    report = commands.add_parser("report", help="print the summary of a run directory's report.json")
+    report.add_argument("run_dir", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("py4j", "urllib3", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return _dispatch(args)
+    except (PoolError, RecipeError, FileNotFoundError) as error:
+        print(f"curate {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from curate import pipeline, recipe as recipes
+
+    if args.command == "run":
+        recipe = recipes.load_recipe(args.recipe, args.set)
+        pipeline.run_recipe(recipe, args.pool, args.out, engine=args.engine, workers=args.workers, master=args.master)
+    elif args.command in STAGE_MODULES:
+        _run_one_stage(args)
+    elif args.command == "subset":
+        _run_subset(args)
+    elif args.command == "ingest":
+        from curate.ingest import ingest
+
+        result = ingest(args.url_list, args.out, url_col=args.url_col, caption_col=args.caption_col,
+                        processes=args.processes, threads=args.threads, resize_mode=args.resize_mode,
+                        image_size=args.image_size, timeout=args.timeout, retries=args.retries,
+                        shard_size=args.shard_size)
+        print(json.dumps(result, indent=2, default=str))
+    elif args.command == "import-datacomp":
+        from curate.datacomp import import_datacomp
+
+        print(json.dumps(import_datacomp(args.src, args.out), indent=2, default=str))
+    elif args.command == "demo-pool":
+        from curate.demo_pool import make_demo_pool
+
+        print(json.dumps(make_demo_pool(args.out, n=args.n, seed=args.seed), indent=2, default=str))
+    elif args.command == "demo":
+        from curate.demo import run_demo
+
+        run_demo(args.out, n=args.n, recipe_path=args.recipe, overrides=args.set, engine=args.engine,
+                 workers=args.workers, master=args.master)
+    elif args.command == "report":
+        from curate.report import summary
+        from curate.runio import read_json
+
+        print(summary(read_json(args.run_dir / "report.json")))
+    return 0
+
+
+def _run_one_stage(args: argparse.Namespace) -> None:
+    from curate import pipeline
+    from curate.recipe import parse_recipe
+
+    overrides = [f"{args.command}.{item}" for item in args.set]
+    recipe = parse_recipe({"stages": {args.command: {}}, "select": "true"}, args.command, overrides, where="command line")
+    spark = None
+    if args.engine == "spark":
+        from curate.engines.spark import get_spark
+
+        spark = get_spark(args.master)
+    args.out.mkdir(parents=True, exist_ok=True)
+    pipeline.check_pool(args.pool, args.out)
+    name, cfg = recipe.stages[0]
+    manifest = pipeline.run_stage(name, cfg, args.pool, args.out, engine=args.engine, workers=args.workers, spark=spark)
+    log.info("%s: %s rows written to %s", name, manifest.get("rows"), args.out / name)
+
+
+def _run_subset(args: argparse.Namespace) -> None:
+    from curate import subset
+    from curate.engines.plan import stage_output_columns
+
+    stages = args.stages if args.stages is not None else sorted(stage_output_columns(args.out))
+    if args.engine == "spark":
+        from curate.engines.spark import get_spark
+
+        manifest = subset.run_subset_spark(args.pool, args.out, stages, args.select, spark=get_spark(args.master))
+    else:
+        manifest = subset.run_subset_local(args.pool, args.out, stages, args.select, workers=args.workers)
+    log.info("subset: %s of %s rows selected; wrote %s", manifest["rows"], manifest["rows_in"], args.out / subset.SUBSET_NPY)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

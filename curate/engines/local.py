@@ -1,0 +1,138 @@
+"""The local engine: pyarrow/polars, shard by shard, CPU work in a process pool.
+
+One pool shard is one partition. For each partition the engine reads only the columns the
+stage reads (from the pool shard and from the row-aligned parts of earlier stages), applies
+the stage, writes OUT/<stage>/part-NNNNN.parquet atomically, then its completion marker.
+A re-run skips partitions with a marker, so a killed run resumes where it stopped. Memory is
+bounded by a shard. Workers are spawned processes; models load once per worker process.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from curate.engines import plan as planning
+from curate.pool import Shard, read_shard, scan_shards
+from curate.runio import atomic_write_table, done_stats, is_done, mark_done, read_manifest, write_manifest
+from curate.stage import RecipeError, Stage
+from curate.stages import get_stage
+
+log = logging.getLogger(__name__)
+
+LAYOUT = "pool-shards"
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, workers: int | None = None) -> dict:
+    shards = scan_shards(pool_dir)
+    plan = planning.make_plan(stage, cfg, shards, out_dir)
+    planning.require_local_layout(out_dir, [name for name in plan.sources if name != planning.POOL])
+    if planning.prepare_stage_dir(plan):
+        log.info("%s: complete in %s, skipping", stage.name, plan.stage_dir)
+        return read_manifest(plan.stage_dir)
+    write_manifest(plan.stage_dir, **planning.manifest_fields(plan, "local", LAYOUT, "running"))
+    workers = workers or default_workers()
+    artifact_rows = _fit(plan, shards, out_dir, workers) if stage.fit else None
+    tasks = [(stage.name, cfg, shard, plan.sources, out_dir) for shard in shards
+             if not is_done(plan.stage_dir, shard.part, plan.stage_dir / f"{shard.part}.parquet")]
+    started = time.perf_counter()
+    _map(_apply_partition, tasks, workers, f"{stage.name}")
+    stats = done_stats(plan.stage_dir)
+    rows = sum(s["rows"] for s in stats)
+    return write_manifest(plan.stage_dir, **planning.manifest_fields(
+        plan, "local", LAYOUT, "complete", rows=rows, partitions=len(stats), artifact_rows=artifact_rows,
+        seconds_last_run=round(time.perf_counter() - started, 3)))
+
+
+def _fit(plan: planning.Plan, shards: list[Shard], out_dir: Path, workers: int) -> int:
+    artifact = planning.load_artifact(plan.stage_dir)
+    if artifact is None:
+        tasks = [(plan.stage.name, plan.cfg, shard, plan.sources, out_dir) for shard in shards]
+        partials = _map(_partial_partition, tasks, workers, f"{plan.stage.name} fit")
+        merged = merge_partials(partials, plan.stage.fit.keys, plan.stage.fit.having(plan.cfg))
+        artifact = plan.stage.fit.finalize(merged, plan.cfg)
+        planning.save_artifact(plan, artifact)
+    return artifact.num_rows
+
+
+def merge_partials(partials: list[pa.Table], keys: tuple[str, ...], having: str | None) -> pa.Table:
+    """Group the partial tables by their keys and sum the other columns, then filter."""
+    frame = pl.from_arrow(pa.concat_tables(partials))
+    sums = [pl.col(c).sum() for c in frame.columns if c not in keys]
+    merged = frame.group_by(list(keys)).agg(sums).sort(list(keys))
+    if having:
+        merged = merged.filter(pl.sql_expr(having))
+    return merged.to_arrow().cast(partials[0].schema)
+
+
+def _map(function: Callable, tasks: list, workers: int, label: str) -> list:
+    if not tasks:
+        return []
+    progress = tqdm(total=len(tasks), desc=label, unit="part", disable=None)
+    if workers <= 1 or len(tasks) == 1:
+        results = [_tick(function(task), progress) for task in tasks]
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as executor:
+            results = [_tick(result, progress) for result in executor.map(function, tasks)]
+    progress.close()
+    return results
+
+
+def _tick(result: Any, progress: tqdm) -> Any:
+    progress.update(1)
+    return result
+
+
+def read_inputs(shard: Shard, sources: dict[str, list[str]], out_dir: Path) -> pa.Table:
+    """The pool shard's columns plus the row-aligned columns of earlier stages."""
+    table = read_shard(shard.path, sources[planning.POOL])
+    for name, columns in sources.items():
+        if name == planning.POOL:
+            continue
+        part_path = out_dir / name / f"{shard.part}.parquet"
+        part = pq.read_table(part_path, columns=["uid", *columns])
+        if not part.column("uid").equals(table.column("uid")):
+            raise RecipeError(f"{part_path}: uids are not row-aligned with {shard.path}")
+        for column in columns:
+            table = table.append_column(part.schema.field(column), part.column(column))
+    return table
+
+
+def _partial_partition(task: tuple) -> pa.Table:
+    stage_name, cfg, shard, sources, out_dir = task
+    stage = get_stage(stage_name)
+    table = read_inputs(shard, sources, out_dir)
+    return stage.fit.partial(table.select(list(stage.reads(cfg))), cfg)
+
+
+def _apply_partition(task: tuple) -> dict:
+    stage_name, cfg, shard, sources, out_dir = task
+    stage = get_stage(stage_name)
+    stage_dir = out_dir / stage_name
+    started = time.perf_counter()
+    table = read_inputs(shard, sources, out_dir)
+    output = stage.run_apply(table, cfg, planning.load_artifact(stage_dir))
+    atomic_write_table(output, stage_dir / f"{shard.part}.parquet")
+    stats = {"part": shard.part, "source": str(shard.path), "rows": output.num_rows,
+             "seconds": round(time.perf_counter() - started, 3)}
+    mark_done(stage_dir, shard.part, stats)
+    return stats
+
+
+def iter_parts(stage_dir: Path) -> Iterable[Path]:
+    return sorted(stage_dir.glob("part-*.parquet"))

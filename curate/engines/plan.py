@@ -1,0 +1,144 @@
+"""What both engines decide the same way before running a stage.
+
+- Column sources: a column a stage reads comes from the pool, or from the output of an
+  earlier stage in the same run directory (found through that stage's manifest).
+- Fingerprint: a hash of the stage name, its resolved config, the pool's shard list (names,
+  sizes, mtimes) and the fingerprints of the stages it reads from. A stage directory whose
+  manifest carries another fingerprint is stale and is cleared before the stage runs, so a
+  resumed run never mixes partitions computed under two configurations.
+- Layout: the local engine writes one output part per pool shard, row-aligned with it
+  ("pool-shards"); Spark writes its own partitioning ("spark"), joined by uid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.pool import Shard, shard_columns
+from curate.runio import MANIFEST, atomic_write_table, read_manifest
+from curate.stage import RecipeError, Stage, config_dict
+
+log = logging.getLogger(__name__)
+
+ARTIFACT = "_artifact.parquet"
+POOL = "pool"
+
+
+@dataclass(frozen=True)
+class Plan:
+    stage: Stage
+    cfg: Any
+    stage_dir: Path
+    sources: dict[str, list[str]]  # "pool" or an upstream stage name -> columns read from it
+    fingerprint: str
+
+
+def stage_output_columns(out_dir: Path) -> dict[str, list[str]]:
+    """Columns written by each complete stage in a run directory."""
+    found = {}
+    for manifest_path in sorted(out_dir.glob(f"*/{MANIFEST}")):
+        manifest = read_manifest(manifest_path.parent)
+        if manifest and manifest.get("status") == "complete" and "columns" in manifest:
+            found[manifest["stage"]] = manifest["columns"]
+    return found
+
+
+def make_plan(stage: Stage, cfg: Any, shards: list[Shard], out_dir: Path) -> Plan:
+    pool_columns = set(shard_columns(shards[0].path))
+    upstream = stage_output_columns(out_dir)
+    sources: dict[str, list[str]] = {POOL: ["uid"]}
+    for column in stage.reads(cfg):
+        if column == "uid":
+            continue
+        if column in pool_columns:
+            sources[POOL].append(column)
+            continue
+        owner = next((name for name, cols in upstream.items() if column in cols and name != stage.name), None)
+        if owner is None:
+            raise RecipeError(
+                f"stage {stage.name} reads column {column!r}, which is neither in the pool "
+                f"({shards[0].path} has {sorted(pool_columns)}) nor written by an earlier stage in {out_dir}"
+            )
+        sources.setdefault(owner, []).append(column)
+    manifests = {name: read_manifest(out_dir / name) for name in sources if name != POOL}
+    fingerprint = _fingerprint(stage, cfg, shards, {n: m["fingerprint"] for n, m in manifests.items()})
+    return Plan(stage, cfg, out_dir / stage.name, sources, fingerprint)
+
+
+def _fingerprint(stage: Stage, cfg: Any, shards: list[Shard], upstream: dict[str, str]) -> str:
+    pool = [(s.path.name, s.path.stat().st_size, s.path.stat().st_mtime_ns, s.rows) for s in shards]
+    blob = json.dumps([stage.name, config_dict(cfg), pool, sorted(upstream.items())], default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def require_local_layout(out_dir: Path, stage_names: list[str]) -> None:
+    """The local engine joins earlier stages positionally, so they must be its own output."""
+    for name in stage_names:
+        manifest = read_manifest(out_dir / name) or {}
+        if manifest.get("layout", "pool-shards") != "pool-shards":
+            raise RecipeError(f"{out_dir / name} was written by the {manifest.get('engine')} engine; continue "
+                              f"this run directory with --engine {manifest.get('engine')}, or use a fresh --out")
+
+
+def remove_temporaries(directory: Path) -> None:
+    """Delete temporary files a killed writer left (hidden names; no reader ever sees them)."""
+    for path in directory.glob(".*.tmp-*") if directory.exists() else ():
+        path.unlink(missing_ok=True)
+
+
+def prepare_stage_dir(plan: Plan) -> bool:
+    """Clear a stale stage directory. Returns True if the stage is already complete."""
+    remove_temporaries(plan.stage_dir)
+    remove_temporaries(plan.stage_dir / "_done")
+    manifest = read_manifest(plan.stage_dir)
+    if manifest is None:
+        if plan.stage_dir.exists():
+            shutil.rmtree(plan.stage_dir)
+        return False
+    if manifest.get("fingerprint") != plan.fingerprint:
+        log.info("%s: inputs or config changed since the last run; recomputing", plan.stage.name)
+        shutil.rmtree(plan.stage_dir)
+        return False
+    return manifest.get("status") == "complete"
+
+
+def manifest_fields(plan: Plan, engine: str, layout: str, status: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "stage": plan.stage.name,
+        "status": status,
+        "engine": engine,
+        "layout": layout,
+        "fingerprint": plan.fingerprint,
+        "config": config_dict(plan.cfg),
+        "inputs": {name: cols for name, cols in plan.sources.items()},
+        "columns": plan.stage.adds.names,
+        **extra,
+    }
+
+
+def save_artifact(plan: Plan, artifact: pa.Table) -> None:
+    atomic_write_table(artifact, plan.stage_dir / ARTIFACT)
+
+
+def load_artifact(stage_dir: Path) -> pa.Table | None:
+    path = stage_dir / ARTIFACT
+    return pq.read_table(path) if path.exists() else None
+
+
+def empty_input(plan: Plan, shards: list[Shard], out_dir: Path) -> pa.Table:
+    """A zero-row table with the stage's input schema (to learn a partial's output schema)."""
+    fields = [pq.read_schema(shards[0].path).field(c) for c in plan.sources[POOL]]
+    for name, columns in plan.sources.items():
+        if name != POOL:
+            schema = pq.read_schema(next((out_dir / name).glob("part-*.parquet")))
+            fields += [schema.field(c) for c in columns]
+    return pa.schema(fields).empty_table()

@@ -1,0 +1,139 @@
+"""The engines: row-aligned uid-keyed output, resume, staleness, local == Spark."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from curate import pipeline
+from curate.recipe import load_recipe, parse_recipe
+from curate.runio import read_manifest
+from tests.conftest import write_pool
+
+BIN = Path(sys.executable).parent
+
+
+def stage_table(out: Path, stage: str):
+    return pq.read_table(sorted((out / stage).glob("part-*.parquet"))).sort_by("uid")
+
+
+def run_align(pool, out, engine="local", spark=None, **values):
+    recipe = parse_recipe({"stages": {"align": values}, "select": "align_keep"}, "t")
+    return pipeline.run_stage("align", recipe.stages[0][1], pool, out, engine=engine, workers=2, spark=spark)
+
+
+def test_local_stage_output_is_row_aligned_with_the_pool(tiny_pool, tmp_path):
+    out = tmp_path / "out"
+    manifest = run_align(tiny_pool, out)
+    assert manifest["status"] == "complete" and manifest["rows"] == 100 and manifest["partitions"] == 4
+    for index in range(4):
+        part = pq.read_table(out / "align" / f"part-{index:05d}.parquet")
+        pool = pq.read_table(tiny_pool / f"{index:05d}.parquet")
+        assert part.column("uid").equals(pool.column("uid"))
+        assert part.column_names == ["uid", "align_keep", "align_reason"]
+    assert manifest["config"]["max_images_per_text"] == 10 and "pyarrow" in manifest["versions"]
+
+
+def test_completed_stage_is_skipped_and_a_config_change_recomputes(tiny_pool, tmp_path):
+    out = tmp_path / "out"
+    run_align(tiny_pool, out)
+    first = read_manifest(out / "align")
+    again = run_align(tiny_pool, out)
+    assert again["written_at"] == first["written_at"]  # skipped, nothing rewritten
+    changed = run_align(tiny_pool, out, min_side=100)
+    assert changed["fingerprint"] != first["fingerprint"] and changed["config"]["min_side"] == 100
+
+
+def test_a_missing_partition_is_recomputed_on_resume(tiny_pool, tmp_path):
+    out = tmp_path / "out"
+    run_align(tiny_pool, out)
+    expected = stage_table(out, "align")
+    (out / "align" / "part-00002.parquet").unlink()
+    (out / "align" / "_done" / "part-00002.json").unlink()
+    manifest = read_manifest(out / "align")
+    manifest["status"] = "running"  # as a killed run leaves it
+    (out / "align" / "_manifest.json").write_text(__import__("json").dumps(manifest))
+    run_align(tiny_pool, out)
+    assert stage_table(out, "align").equals(expected)
+
+
+@pytest.mark.spark
+def test_spark_stage_equals_local_stage(tiny_pool, tmp_path, spark):
+    run_align(tiny_pool, tmp_path / "local")
+    run_align(tiny_pool, tmp_path / "spark", engine="spark", spark=spark)
+    assert stage_table(tmp_path / "spark", "align").equals(stage_table(tmp_path / "local", "align"))
+    assert read_manifest(tmp_path / "spark" / "align")["layout"] == "spark"
+
+
+@pytest.mark.spark
+def test_recipe_subset_npy_is_byte_identical_on_both_engines(tmp_path, spark):
+    pool = write_pool(tmp_path / "pool", [300, 0, 250, 450])
+    recipe = load_recipe("jobs/recipes/demo.yaml")
+    local_report = pipeline.run_recipe(recipe, pool, tmp_path / "local", engine="local", workers=2)
+    spark_report = pipeline.run_recipe(recipe, pool, tmp_path / "spark", engine="spark", master="local[2]")
+    local_npy = (tmp_path / "local" / "subset.npy").read_bytes()
+    assert local_npy == (tmp_path / "spark" / "subset.npy").read_bytes()
+    subset = np.load(tmp_path / "local" / "subset.npy")
+    assert subset.dtype == np.dtype("u8,u8") and len(subset) == local_report["rows_out"] > 0
+    assert np.array_equal(subset, np.sort(subset, order=["f0", "f1"]))
+    assert local_report["stages"] == spark_report["stages"]
+    local_rows = pq.read_table(sorted((tmp_path / "local" / "subset").glob("part-*.parquet"))).sort_by("uid")
+    spark_rows = pq.read_table(sorted((tmp_path / "spark" / "subset").glob("part-*.parquet"))).sort_by("uid")
+    assert spark_rows.select(local_rows.column_names).equals(local_rows)
+
+
+def _curate(*args, **kwargs):
+    return subprocess.Popen([str(BIN / "curate"), *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_stage_then_rerun_gives_the_uninterrupted_result(tmp_path):
+    pool = write_pool(tmp_path / "pool", [2000] * 12)
+    reference = tmp_path / "reference"
+    assert _curate("run", "jobs/recipes/demo.yaml", "--pool", pool, "--out", reference, "--workers", "1").wait() == 0
+    out = tmp_path / "killed"
+    process = _curate("run", "jobs/recipes/demo.yaml", "--pool", pool, "--out", out, "--workers", "1")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "basic" / "_done").glob("*.json"))) < 3:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = len(list((out / "basic" / "_done").glob("*.json")))
+    assert 3 <= done < 12, "the kill should land in the middle of the basic stage"
+    assert read_manifest(out / "basic")["status"] == "running"
+    assert _curate("run", "jobs/recipes/demo.yaml", "--pool", pool, "--out", out, "--workers", "1").wait() == 0
+    assert (out / "subset.npy").read_bytes() == (reference / "subset.npy").read_bytes()
+    for stage in ("basic", "laion2b", "align", "subset"):
+        assert stage_table(out, stage).equals(stage_table(reference, stage)), stage
+    assert not list(out.glob("**/.*tmp*"))
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_spark_submit_runs_a_stage(tiny_pool, tmp_path):
+    run_align(tiny_pool, tmp_path / "local")
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    result = subprocess.run([str(BIN / "spark-submit"), "--master", "local[2]", "jobs/align.py",
+                             "--pool", str(tiny_pool), "--out", str(tmp_path / "submitted")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert stage_table(tmp_path / "submitted", "align").equals(stage_table(tmp_path / "local", "align"))
+    assert read_manifest(tmp_path / "submitted" / "align")["engine"] == "spark"
+
+
+@pytest.mark.spark
+def test_local_engine_refuses_to_continue_a_spark_run_directory(tiny_pool, tmp_path, spark):
+    out = tmp_path / "out"
+    run_align(tiny_pool, out, engine="spark", spark=spark)
+    recipe = parse_recipe({"stages": {"align": {}}, "select": "align_keep"}, "t")
+    from curate.subset import run_subset_local
+    with pytest.raises(Exception, match="row-aligned|spark engine"):
+        run_subset_local(tiny_pool, out, ["align"], recipe.select, workers=1)
