@@ -26,9 +26,11 @@ from curate.synthetic import write_datacomp_pool
 
 def reference_basic(texts, widths, heights) -> np.ndarray:
     """DataComp's basic rule, one row at a time (the baseline)."""
-    from curate.langid import fasttext_model
+    import fasttext
 
-    model = fasttext_model()
+    from curate.langid import fasttext_model_path
+
+    model = fasttext.load_model(str(fasttext_model_path()))
     keep = np.zeros(len(texts), dtype=bool)
     for i, (text, w, h) in enumerate(zip(texts, widths, heights)):
         label = model.predict(text.replace("\n", " "), k=1)[0][0].replace("__label__", "")
