@@ -13,12 +13,12 @@ SRC    ?= datacomp
 SELECT ?= basic_keep
 SET    ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
-SPARK_ENV := PYSPARK_PYTHON=$(abspath $(BIN))/python PYSPARK_DRIVER_PYTHON=$(abspath $(BIN))/python
+SPARK_ENV := SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$(abspath $(BIN))/python PYSPARK_DRIVER_PYTHON=$(abspath $(BIN))/python
 
 .PHONY: help venv demo test test-fast ingest import-datacomp demo-pool basic laion2b align filter subset run spark-run bench clean
 
 help:            ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
+	@grep -E '^[a-z][a-z0-9 -]*:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
 	@echo "overrides: POOL=$(POOL) OUT=$(OUT) ENGINE=$(ENGINE) RECIPE=$(RECIPE) URLS=$(URLS) SRC=$(SRC) SET='stage.key=value ...'"
 
 $(STAMP): pyproject.toml

@@ -23,6 +23,7 @@ from curate.runio import atomic_write_json
 from curate.subset import SUBSET
 
 GROUND_TRUTH = "_ground_truth.parquet"
+DOWNLOAD_TARGETS = ("unreachable_url", "timeout_url", "corrupt_image", "hash_mismatch")
 DEMO_TARGETS = {
     "basic": ("small_image", "extreme_aspect", "non_english", "short_caption"),
     "laion2b": ("non_english",),
@@ -88,6 +89,14 @@ def ground_truth_metrics(table: pl.DataFrame, truth: pl.DataFrame, stage_names: 
     joined = table.join(truth.select("uid", "defect"), on="uid", how="left").with_columns(pl.col("defect").fill_null("clean"))
     downloaded = joined.filter(pl.col("status") == "success") if "status" in joined.columns else joined
     metrics: dict[str, Any] = {"stages": {}, "subset": {}}
+    if "status" in joined.columns:
+        failed = joined.filter(pl.col("status") != "success")
+        targets = joined.filter(pl.col("defect").is_in(DOWNLOAD_TARGETS))
+        metrics["download"] = {
+            "targets": list(DOWNLOAD_TARGETS),
+            "precision": _ratio(failed.filter(pl.col("defect").is_in(DOWNLOAD_TARGETS)).height, failed.height),
+            "recall": _ratio(targets.filter(pl.col("status") != "success").height, targets.height),
+        }
     for name in stage_names:
         keep = f"{name}_keep"
         if keep not in downloaded.columns:
@@ -125,6 +134,9 @@ def summary(report: dict[str, Any]) -> str:
     lines.append(f"rows out: {report['rows_out']}  (select: {report['select']})")
     truth = report.get("ground_truth")
     if truth:
+        if "download" in truth:
+            info = truth["download"]
+            lines.append(f"  ground truth download: precision {info['precision']}, recall {info['recall']} of {info['targets']}")
         for name, info in truth["stages"].items():
             lines.append(f"  ground truth {name}: precision {info['precision']}, recall {info['recall']} of {info['targets']}")
         lines.append(f"  clean samples kept: {truth['clean_kept']}, planted defects removed: {truth['defects_removed']}")

@@ -120,7 +120,8 @@ def test_sigkill_mid_stage_then_rerun_gives_the_uninterrupted_result(tmp_path):
 @pytest.mark.slow
 def test_spark_submit_runs_a_stage(tiny_pool, tmp_path):
     run_align(tiny_pool, tmp_path / "local")
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+           "SPARK_LOCAL_IP": "127.0.0.1"}
     result = subprocess.run([str(BIN / "spark-submit"), "--master", "local[2]", "jobs/align.py",
                              "--pool", str(tiny_pool), "--out", str(tmp_path / "submitted")],
                             env=env, capture_output=True, text=True, timeout=300)

@@ -40,11 +40,16 @@ def get_spark(master: str | None = None, app: str = "curate"):
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # launched by spark-submit
+    master = master or (None if submitted else "local[*]")
     builder = SparkSession.builder.appName(app)
     if master:
         builder = builder.master(master)
-    elif "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
-        builder = builder.master("local[*]")
+    if master and master.startswith("local"):
+        # a local master talks to itself only: keep the driver on loopback, whatever the
+        # hostname resolves to
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
     builder = (builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
                .config("spark.sql.parquet.compression.codec", "zstd")
                .config("spark.ui.showConsoleProgress", "false")
