@@ -37,6 +37,13 @@ def resolve_request_path(root: Path, request_path: str) -> Path | None:
     return target if target == root or root in target.parents else None
 
 
+class _Server(ThreadingHTTPServer):
+    # img2dataset opens processes x threads connections at once; the default listen backlog
+    # of 5 drops the rest, and the kernel's SYN retries (1 s, 3 s, ...) turn into timeouts
+    request_queue_size = 512
+    daemon_threads = True
+
+
 def _make_handler(root: Path, slow_seconds: float, stopping: threading.Event) -> type[BaseHTTPRequestHandler]:
     class DemoHandler(BaseHTTPRequestHandler):
         server_version = "curate-demo"
@@ -94,8 +101,7 @@ def serve(root: Path, slow_seconds: float = 30.0, port: int = 0) -> Iterator[str
     """Serve `root` on 127.0.0.1:`port` (0 = any free port) and yield `http://127.0.0.1:<port>`."""
     root = Path(root).resolve()
     stopping = threading.Event()
-    server = ThreadingHTTPServer((HOST, port), _make_handler(root, slow_seconds, stopping))
-    server.daemon_threads = True
+    server = _Server((HOST, port), _make_handler(root, slow_seconds, stopping))
     thread = threading.Thread(target=server.serve_forever, name="demo-server", daemon=True)
     thread.start()
     base_url = f"http://{HOST}:{server.server_address[1]}"
