@@ -6,9 +6,10 @@ clip_b32_similarity_score, clip_l14_similarity_score, face_bboxes, sha256) plus 
 float16, L2-normalised and row-aligned with the parquet (DESIGN.md section 2).
 
 The import writes `out/<name>.parquet` with every metadata column (uids validated) and, per
-model found in the npz, a row-aligned sidecar `out/embeddings/<b32|l14>/<name>.parquet` with
-`uid`, `image_emb`, `text_emb` as `fixed_size_list<halffloat>` (the npz bits, unchanged),
-described by `out/embeddings/<model>/_manifest.json`. Every npz is checked from its array
+model found in the npz, a row-aligned embedding sidecar `out/embeddings/<b32|l14>/part-NNNNN.parquet`
+(NNNNN = the shard's index) with `uid`, `image_emb`, `text_emb` in curate.embeddings' float16
+format (the npz bits, unchanged), described by `out/embeddings/<model>/_manifest.json`, so
+stages read them like embeddings computed by `curate embed`. Every npz is checked from its array
 headers before anything is written (missing npz, row counts, dimensions, models present in
 some shards only), so a bad pool fails at once with a message naming the files. Work then
 streams shard by shard (memory bounded by one shard), each file written atomically, with a
@@ -26,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from curate.embeddings import EMBEDDINGS_DIR, encode
 from curate.pool import POOL_INFO, PoolError, check_unique_uids, list_shards, parquet_file, read_shard
 from curate.runio import atomic_write_json, atomic_write_table, is_done, mark_done, write_manifest
 
@@ -33,7 +35,6 @@ log = logging.getLogger(__name__)
 
 # npz prefix: (open_clip model name, pretrained tag, embedding width)
 MODELS = {"b32": ("ViT-B-32", "openai", 512), "l14": ("ViT-L-14", "openai", 768)}
-EMBEDDINGS_DIR = "embeddings"
 
 
 def import_datacomp(src: Path, out: Path) -> dict:
@@ -43,16 +44,18 @@ def import_datacomp(src: Path, out: Path) -> dict:
     models = check_npz_files(parquets)
     out.mkdir(parents=True, exist_ok=True)
     rows = 0
-    for parquet in tqdm(parquets, desc="import datacomp", unit="shard"):
+    for index, parquet in enumerate(tqdm(parquets, desc="import datacomp", unit="shard")):
         if is_done(out, parquet.stem, out / parquet.name):
             rows += parquet_file(out / parquet.name).metadata.num_rows
             continue
-        rows += import_shard(parquet, out, models)
+        rows += import_shard(parquet, out, models, f"part-{index:05d}")
         mark_done(out, parquet.stem, {"shard": parquet.name, "models": models})
     check_unique_uids(out)
     for model in models:
         name, pretrained, dim = MODELS[model]
-        write_manifest(out / EMBEDDINGS_DIR / model, model=name, pretrained=pretrained, dim=dim,
+        write_manifest(out / EMBEDDINGS_DIR / model, stage="embed", status="complete", layout="pool-shards",
+                       columns=["image_emb", "text_emb"], fingerprint=f"datacomp-npz-{model}-{rows}",
+                       model=name, pretrained=pretrained, dim=dim, preprocess="datacomp release",
                        source="datacomp npz", src=str(src.resolve()), shards=len(parquets), rows=rows)
     info = {"source": str(src.resolve()), "format": "datacomp", "rows": rows, "shards": len(parquets),
             "embeddings": {model: {"model": MODELS[model][0], "pretrained": MODELS[model][1],
@@ -116,7 +119,7 @@ def npz_shapes(npz: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return result
 
 
-def import_shard(parquet: Path, out: Path, models: list[str]) -> int:
+def import_shard(parquet: Path, out: Path, models: list[str], part: str) -> int:
     """Copy one shard's metadata and write its embedding sidecars; returns its row count."""
     table = read_shard(parquet)
     if "uid" not in table.column_names:
@@ -129,7 +132,7 @@ def import_shard(parquet: Path, out: Path, models: list[str]) -> int:
                 warn_non_finite(image_emb, f"{npz} {model}_img")
                 warn_non_finite(text_emb, f"{npz} {model}_txt")
                 sidecar = embedding_table(table.column("uid"), image_emb, text_emb)
-                atomic_write_table(sidecar, out / EMBEDDINGS_DIR / model / parquet.name)
+                atomic_write_table(sidecar, out / EMBEDDINGS_DIR / model / f"{part}.parquet")
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise PoolError(f"{npz}: cannot read embeddings ({error})") from error
     atomic_write_table(table, out / parquet.name)
@@ -137,15 +140,11 @@ def import_shard(parquet: Path, out: Path, models: list[str]) -> int:
 
 
 def embedding_table(uids: pa.ChunkedArray, image_emb: np.ndarray, text_emb: np.ndarray) -> pa.Table:
-    """uid, image_emb, text_emb with the embeddings as fixed_size_list<halffloat>[dim]."""
-    return pa.table({"uid": uids, "image_emb": fixed_size_list(image_emb), "text_emb": fixed_size_list(text_emb)})
-
-
-def fixed_size_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    if matrix.dtype != np.float16:
-        log.warning("embeddings stored as %s, not float16: converting", matrix.dtype)
-    values = pa.array(np.ascontiguousarray(matrix, dtype=np.float16).reshape(-1), pa.float16())
-    return pa.FixedSizeListArray.from_arrays(values, matrix.shape[1])
+    """uid, image_emb, text_emb as float16 sidecar columns (curate.embeddings.encode)."""
+    for matrix in (image_emb, text_emb):
+        if matrix.dtype != np.float16:
+            log.warning("embeddings stored as %s, not float16: converting", matrix.dtype)
+    return pa.table({"uid": uids, "image_emb": encode(image_emb), "text_emb": encode(text_emb)})
 
 
 def warn_non_finite(matrix: np.ndarray, where: str) -> None:

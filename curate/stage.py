@@ -48,13 +48,18 @@ class Stage:
     apply: Callable[[pa.Table, Any, pa.Table | None], pa.Table]
     fit: Fit | None = None
     summary: str = ""
+    check_inputs: Callable[[Any, dict[str, dict]], None] | None = None  # (cfg, source manifests)
+
+    def input_columns(self, table: pa.Table, cfg: Any) -> pa.Table:
+        """The columns ``apply`` sees: ``reads(cfg)``, with ``dir:column`` sidecar reads as ``column``."""
+        return table.select([spec.rpartition(":")[2] for spec in self.reads(cfg)])
 
     def output_schema(self) -> pa.Schema:
         return pa.schema([pa.field("uid", pa.string(), nullable=False), *self.adds])
 
     def run_apply(self, table: pa.Table, cfg: Any, artifact: pa.Table | None) -> pa.Table:
         """Apply to a batch and check the contract: same rows, exactly the declared columns."""
-        added = self.apply(table.select(list(self.reads(cfg))), cfg, artifact)
+        added = self.apply(self.input_columns(table, cfg), cfg, artifact)
         if added.num_rows != table.num_rows:
             raise RuntimeError(f"stage {self.name}: apply returned {added.num_rows} rows for {table.num_rows}")
         added = added.select(self.adds.names).cast(self.adds)

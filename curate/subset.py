@@ -66,7 +66,7 @@ def _prepare(out_dir: Path, fingerprint: str) -> bool:
 
 def run_subset_local(pool_dir: Path, out_dir: Path, stage_names: list[str], select: str, *, workers: int | None = None) -> dict:
     shards = scan_shards(pool_dir)
-    require_local_layout(out_dir, stage_names)
+    require_local_layout([out_dir / name for name in stage_names])
     fingerprint = _fingerprint(select, out_dir, stage_names)
     subset_dir = out_dir / SUBSET
     if not _prepare(out_dir, fingerprint):

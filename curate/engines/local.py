@@ -40,14 +40,14 @@ def default_workers() -> int:
 def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, workers: int | None = None) -> dict:
     shards = scan_shards(pool_dir)
     plan = planning.make_plan(stage, cfg, shards, out_dir)
-    planning.require_local_layout(out_dir, [name for name in plan.sources if name != planning.POOL])
+    planning.require_local_layout(list(plan.source_dirs.values()))
     if planning.prepare_stage_dir(plan):
         log.info("%s: complete in %s, skipping", stage.name, plan.stage_dir)
         return read_manifest(plan.stage_dir)
     write_manifest(plan.stage_dir, **planning.manifest_fields(plan, "local", LAYOUT, "running"))
     workers = workers or default_workers()
     artifact_rows = _fit(plan, shards, out_dir, workers) if stage.fit else None
-    tasks = [(stage.name, cfg, shard, plan.sources, out_dir) for shard in shards
+    tasks = [(stage.name, cfg, shard, plan.sources, plan.source_dirs, out_dir) for shard in shards
              if not is_done(plan.stage_dir, shard.part, plan.stage_dir / f"{shard.part}.parquet")]
     started = time.perf_counter()
     _map(_apply_partition, tasks, workers, f"{stage.name}")
@@ -61,7 +61,7 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, workers:
 def _fit(plan: planning.Plan, shards: list[Shard], out_dir: Path, workers: int) -> int:
     artifact = planning.load_artifact(plan.stage_dir)
     if artifact is None:
-        tasks = [(plan.stage.name, plan.cfg, shard, plan.sources, out_dir) for shard in shards]
+        tasks = [(plan.stage.name, plan.cfg, shard, plan.sources, plan.source_dirs, out_dir) for shard in shards]
         partials = _map(_partial_partition, tasks, workers, f"{plan.stage.name} fit")
         merged = merge_partials(partials, plan.stage.fit.keys, plan.stage.fit.having(plan.cfg))
         artifact = plan.stage.fit.finalize(merged, plan.cfg)
@@ -98,13 +98,13 @@ def _tick(result: Any, progress: tqdm) -> Any:
     return result
 
 
-def read_inputs(shard: Shard, sources: dict[str, list[str]], out_dir: Path) -> pa.Table:
-    """The pool shard's columns plus the row-aligned columns of earlier stages."""
+def read_inputs(shard: Shard, sources: dict[str, list[str]], source_dirs: dict[str, Path]) -> pa.Table:
+    """The pool shard's columns plus the row-aligned columns of earlier stages and sidecars."""
     table = read_shard(shard.path, sources[planning.POOL])
     for name, columns in sources.items():
         if name == planning.POOL:
             continue
-        part_path = out_dir / name / f"{shard.part}.parquet"
+        part_path = source_dirs[name] / f"{shard.part}.parquet"
         part = pq.read_table(part_path, columns=["uid", *columns])
         if not part.column("uid").equals(table.column("uid")):
             raise RecipeError(f"{part_path}: uids are not row-aligned with {shard.path}")
@@ -114,18 +114,18 @@ def read_inputs(shard: Shard, sources: dict[str, list[str]], out_dir: Path) -> p
 
 
 def _partial_partition(task: tuple) -> pa.Table:
-    stage_name, cfg, shard, sources, out_dir = task
+    stage_name, cfg, shard, sources, source_dirs, out_dir = task
     stage = get_stage(stage_name)
-    table = read_inputs(shard, sources, out_dir)
-    return stage.fit.partial(table.select(list(stage.reads(cfg))), cfg)
+    table = read_inputs(shard, sources, source_dirs)
+    return stage.fit.partial(stage.input_columns(table, cfg), cfg)
 
 
 def _apply_partition(task: tuple) -> dict:
-    stage_name, cfg, shard, sources, out_dir = task
+    stage_name, cfg, shard, sources, source_dirs, out_dir = task
     stage = get_stage(stage_name)
     stage_dir = out_dir / stage_name
     started = time.perf_counter()
-    table = read_inputs(shard, sources, out_dir)
+    table = read_inputs(shard, sources, source_dirs)
     output = stage.run_apply(table, cfg, planning.load_artifact(stage_dir))
     atomic_write_table(output, stage_dir / f"{shard.part}.parquet")
     stats = {"part": shard.part, "source": str(shard.path), "rows": output.num_rows,

@@ -1,7 +1,9 @@
 """What both engines decide the same way before running a stage.
 
-- Column sources: a column a stage reads comes from the pool, or from the output of an
-  earlier stage in the same run directory (found through that stage's manifest).
+- Column sources: a column a stage reads comes from the pool, from the output of an
+  earlier stage in the same run directory (found through that stage's manifest), or from a
+  pool sidecar named ``<dir>:<column>`` (e.g. ``embeddings/b32:image_emb``: the imported
+  DataComp B/32 embeddings), which reaches ``apply`` as plain ``image_emb``.
 - Fingerprint: a hash of the stage name, its resolved config, the pool's shard list (names,
   sizes, mtimes) and the fingerprints of the stages it reads from. A stage directory whose
   manifest carries another fingerprint is stale and is cleared before the stage runs, so a
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 ARTIFACT = "_artifact.parquet"
 POOL = "pool"
+SIDECAR = ":"
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class Plan:
     stage: Stage
     cfg: Any
     stage_dir: Path
-    sources: dict[str, list[str]]  # "pool" or an upstream stage name -> columns read from it
+    sources: dict[str, list[str]]  # "pool", an upstream stage or "pool:<sidecar>" -> columns
+    source_dirs: dict[str, Path]   # where each non-pool source's part-NNNNN.parquet files are
     fingerprint: str
 
 
@@ -53,11 +57,22 @@ def stage_output_columns(out_dir: Path) -> dict[str, list[str]]:
 
 
 def make_plan(stage: Stage, cfg: Any, shards: list[Shard], out_dir: Path) -> Plan:
+    pool_dir = shards[0].path.parent
     pool_columns = set(shard_columns(shards[0].path))
     upstream = stage_output_columns(out_dir)
     sources: dict[str, list[str]] = {POOL: ["uid"]}
+    source_dirs: dict[str, Path] = {}
     for column in stage.reads(cfg):
         if column == "uid":
+            continue
+        if SIDECAR in column:
+            sidecar, _, name = column.partition(SIDECAR)
+            key = f"{POOL}:{sidecar}"
+            source_dirs[key] = pool_dir / sidecar
+            if read_manifest(source_dirs[key]) is None:
+                raise RecipeError(f"stage {stage.name} reads {column!r}, but {source_dirs[key]} holds no sidecar "
+                                  f"(no {MANIFEST}); import or compute it first")
+            sources.setdefault(key, []).append(name)
             continue
         if column in pool_columns:
             sources[POOL].append(column)
@@ -69,9 +84,12 @@ def make_plan(stage: Stage, cfg: Any, shards: list[Shard], out_dir: Path) -> Pla
                 f"({shards[0].path} has {sorted(pool_columns)}) nor written by an earlier stage in {out_dir}"
             )
         sources.setdefault(owner, []).append(column)
-    manifests = {name: read_manifest(out_dir / name) for name in sources if name != POOL}
+        source_dirs[owner] = out_dir / owner
+    manifests = {name: read_manifest(path) for name, path in source_dirs.items()}
     fingerprint = _fingerprint(stage, cfg, shards, {n: m["fingerprint"] for n, m in manifests.items()})
-    return Plan(stage, cfg, out_dir / stage.name, sources, fingerprint)
+    if stage.check_inputs is not None:
+        stage.check_inputs(cfg, manifests)
+    return Plan(stage, cfg, out_dir / stage.name, sources, source_dirs, fingerprint)
 
 
 def _fingerprint(stage: Stage, cfg: Any, shards: list[Shard], upstream: dict[str, str]) -> str:
@@ -80,12 +98,12 @@ def _fingerprint(stage: Stage, cfg: Any, shards: list[Shard], upstream: dict[str
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def require_local_layout(out_dir: Path, stage_names: list[str]) -> None:
-    """The local engine joins earlier stages positionally, so they must be its own output."""
-    for name in stage_names:
-        manifest = read_manifest(out_dir / name) or {}
+def require_local_layout(directories: list[Path]) -> None:
+    """The local engine joins earlier outputs positionally, so they must be row-aligned."""
+    for directory in directories:
+        manifest = read_manifest(directory) or {}
         if manifest.get("layout", "pool-shards") != "pool-shards":
-            raise RecipeError(f"{out_dir / name} was written by the {manifest.get('engine')} engine; continue "
+            raise RecipeError(f"{directory} was written by the {manifest.get('engine')} engine; continue "
                               f"this run directory with --engine {manifest.get('engine')}, or use a fresh --out")
 
 
@@ -139,6 +157,6 @@ def empty_input(plan: Plan, shards: list[Shard], out_dir: Path) -> pa.Table:
     fields = [pq.read_schema(shards[0].path).field(c) for c in plan.sources[POOL]]
     for name, columns in plan.sources.items():
         if name != POOL:
-            schema = pq.read_schema(next((out_dir / name).glob("part-*.parquet")))
+            schema = pq.read_schema(next(plan.source_dirs[name].glob("part-*.parquet")))
             fields += [schema.field(c) for c in columns]
     return pa.schema(fields).empty_table()

@@ -68,7 +68,7 @@ def input_frame(spark, plan: planning.Plan, shards: list[Shard], out_dir: Path):
     frame = read_pool(spark, shards, plan.sources[planning.POOL])
     for name, columns in plan.sources.items():
         if name != planning.POOL:
-            upstream = spark.read.parquet(str(out_dir / name)).select("uid", *columns)
+            upstream = spark.read.parquet(str(plan.source_dirs[name])).select("uid", *columns)
             frame = frame.join(upstream, on="uid", how="left")
     return frame
 
@@ -98,12 +98,12 @@ def _fit(plan: planning.Plan, frame, shards: list[Shard], out_dir: Path) -> pa.T
     artifact = planning.load_artifact(plan.stage_dir)
     if artifact is not None:
         return artifact
-    fit, cfg, reads = plan.stage.fit, plan.cfg, list(plan.stage.reads(plan.cfg))
-    partial_schema = fit.partial(planning.empty_input(plan, shards, out_dir).select(reads), cfg).schema
+    stage, fit, cfg = plan.stage, plan.stage.fit, plan.cfg
+    partial_schema = fit.partial(stage.input_columns(planning.empty_input(plan, shards, out_dir), cfg), cfg).schema
 
     def partials(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            yield from fit.partial(pa.Table.from_batches([batch]).select(reads), cfg).to_batches()
+            yield from fit.partial(stage.input_columns(pa.Table.from_batches([batch]), cfg), cfg).to_batches()
 
     sums = [F.sum(c).alias(c) for c in partial_schema.names if c not in fit.keys]
     merged = frame.mapInArrow(partials, _spark_schema(partial_schema)).groupBy(*fit.keys).agg(*sums)
