@@ -49,7 +49,7 @@ class AlignConfig:
     max_words: int = 20             # drop texts with more than 20 unigrams
 
 
-def text_counts(table: pa.Table, cfg: AlignConfig) -> pa.Table:
+def text_counts(table: pa.Table, cfg: AlignConfig, previous: pa.Table | None = None) -> pa.Table:
     """Partial: rows per caption key in this batch (null captions are not counted)."""
     keys = pa.table({"text_key": text_keys(table.column("text").to_pylist())})
     keys = keys.filter(pc.is_valid(keys.column("text_key")))
@@ -62,7 +62,7 @@ def having(cfg: AlignConfig) -> str:
     return f"n_texts > {int(cfg.max_images_per_text)}"
 
 
-def shared_texts(merged: pa.Table, cfg: AlignConfig) -> pa.Table:
+def shared_texts(merged: pa.Table, cfg: AlignConfig, previous: pa.Table | None = None) -> pa.Table:
     """Finalize: the keys of captions over the limit, with their pool-wide counts."""
     over = merged.filter(pc.greater(merged.column("n_texts"), cfg.max_images_per_text))
     return over.select(COUNT_SCHEMA.names).cast(COUNT_SCHEMA)

@@ -12,6 +12,9 @@ A stage is data, not a class hierarchy:
   partials the same way (group by the keys, sum the rest), filters the merged table with
   the optional SQL predicate ``having(cfg)`` (so a large merged table never reaches one
   process), and ``finalize`` turns it into the artifact table handed to ``apply``.
+  A fit of ``passes`` > 1 repeats this: pass k's partial and finalize receive pass k-1's
+  artifact as ``previous`` (None on the first pass), e.g. a coarse then a fine histogram
+  to find an exact quantile with memory independent of the pool size.
 
 Engines (curate/engines) know nothing about any particular stage.
 """
@@ -33,10 +36,11 @@ class RecipeError(ValueError):
 
 @dataclass(frozen=True)
 class Fit:
-    partial: Callable[[pa.Table, Any], pa.Table]
+    partial: Callable[[pa.Table, Any, pa.Table | None], pa.Table]    # (batch, cfg, previous)
     keys: tuple[str, ...]
-    finalize: Callable[[pa.Table, Any], pa.Table]
+    finalize: Callable[[pa.Table, Any, pa.Table | None], pa.Table]   # (merged, cfg, previous)
     having: Callable[[Any], str | None] = lambda cfg: None
+    passes: int = 1
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,11 @@ def pool(rows: list[tuple[str | None, int | None, int | None]]) -> pa.Table:
 def fit(batches: list[pa.Table], cfg: AlignConfig) -> pa.Table:
     """What every engine does: partial per batch, concat, group-by-keys sum, having, finalize."""
     reads = list(STAGE.reads(cfg))
-    partials = [STAGE.fit.partial(batch.select(reads), cfg) for batch in batches]
+    partials = [STAGE.fit.partial(batch.select(reads), cfg, None) for batch in batches]
     keys = list(STAGE.fit.keys)
     merged = (pl.from_arrow(pa.concat_tables(partials)).group_by(keys).agg(pl.col("n_texts").sum())
               .filter(pl.sql_expr(STAGE.fit.having(cfg))).sort(keys))
-    return STAGE.fit.finalize(merged.to_arrow().cast(partials[0].schema), cfg)
+    return STAGE.fit.finalize(merged.to_arrow().cast(partials[0].schema), cfg, None)
 
 
 def run(table: pa.Table, cfg: AlignConfig | None = None, batch_rows: int | None = None) -> pa.Table:
@@ -117,12 +117,12 @@ def test_null_captions_are_not_counted():
 def test_partial_schema_and_empty_batch():
     cfg = AlignConfig()
     empty = pool([]).select(list(STAGE.reads(cfg)))
-    counts = STAGE.fit.partial(empty, cfg)
+    counts = STAGE.fit.partial(empty, cfg, None)
     assert counts.schema == pa.schema([("text_key", pa.int64()), ("n_texts", pa.int64())]) and counts.num_rows == 0
     batch = pool([(TEN, 1, 1), (TEN, 1, 1), (None, 1, 1), ("", 1, 1)]).select(list(STAGE.reads(cfg)))
-    counts = STAGE.fit.partial(batch, cfg).sort_by("n_texts")
+    counts = STAGE.fit.partial(batch, cfg, None).sort_by("n_texts")
     assert counts.column("n_texts").to_pylist() == [1, 2]
-    assert STAGE.run_apply(pool([]), cfg, STAGE.fit.finalize(counts, cfg)).num_rows == 0
+    assert STAGE.run_apply(pool([]), cfg, STAGE.fit.finalize(counts, cfg, None)).num_rows == 0
 
 
 def test_text_key_is_blake2b_64_little_endian_signed():

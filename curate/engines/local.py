@@ -61,10 +61,12 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, workers:
 def _fit(plan: planning.Plan, shards: list[Shard], out_dir: Path, workers: int) -> int:
     artifact = planning.load_artifact(plan.stage_dir)
     if artifact is None:
-        tasks = [(plan.stage.name, plan.cfg, shard, plan.sources, plan.source_dirs, out_dir) for shard in shards]
-        partials = _map(_partial_partition, tasks, workers, f"{plan.stage.name} fit")
-        merged = merge_partials(partials, plan.stage.fit.keys, plan.stage.fit.having(plan.cfg))
-        artifact = plan.stage.fit.finalize(merged, plan.cfg)
+        fit = plan.stage.fit
+        for number in range(fit.passes):
+            tasks = [(plan.stage.name, plan.cfg, shard, plan.sources, plan.source_dirs, artifact) for shard in shards]
+            partials = _map(_partial_partition, tasks, workers, f"{plan.stage.name} fit {number + 1}/{fit.passes}")
+            merged = merge_partials(partials, fit.keys, fit.having(plan.cfg))
+            artifact = fit.finalize(merged, plan.cfg, artifact)
         planning.save_artifact(plan, artifact)
     return artifact.num_rows
 
@@ -114,10 +116,10 @@ def read_inputs(shard: Shard, sources: dict[str, list[str]], source_dirs: dict[s
 
 
 def _partial_partition(task: tuple) -> pa.Table:
-    stage_name, cfg, shard, sources, source_dirs, out_dir = task
+    stage_name, cfg, shard, sources, source_dirs, previous = task
     stage = get_stage(stage_name)
     table = read_inputs(shard, sources, source_dirs)
-    return stage.fit.partial(stage.input_columns(table, cfg), cfg)
+    return stage.fit.partial(stage.input_columns(table, cfg), cfg, previous)
 
 
 def _apply_partition(task: tuple) -> dict:

@@ -99,21 +99,27 @@ def _fit(plan: planning.Plan, frame, shards: list[Shard], out_dir: Path) -> pa.T
     if artifact is not None:
         return artifact
     stage, fit, cfg = plan.stage, plan.stage.fit, plan.cfg
-    partial_schema = fit.partial(stage.input_columns(planning.empty_input(plan, shards, out_dir), cfg), cfg).schema
-
-    def partials(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            yield from fit.partial(stage.input_columns(pa.Table.from_batches([batch]), cfg), cfg).to_batches()
-
-    sums = [F.sum(c).alias(c) for c in partial_schema.names if c not in fit.keys]
-    merged = frame.mapInArrow(partials, _spark_schema(partial_schema)).groupBy(*fit.keys).agg(*sums)
-    having = fit.having(cfg)
-    if having:
-        merged = merged.filter(F.expr(having))
-    merged_table = merged.orderBy(*fit.keys).toArrow().cast(partial_schema)
-    artifact = fit.finalize(merged_table, cfg)
+    empty = stage.input_columns(planning.empty_input(plan, shards, out_dir), cfg)
+    for _ in range(fit.passes):
+        partial_schema = fit.partial(empty, cfg, artifact).schema
+        sums = [F.sum(c).alias(c) for c in partial_schema.names if c not in fit.keys]
+        merged = frame.mapInArrow(_partial_batches(stage, cfg, artifact), _spark_schema(partial_schema))
+        merged = merged.groupBy(*fit.keys).agg(*sums)
+        having = fit.having(cfg)
+        if having:
+            merged = merged.filter(F.expr(having))
+        merged_table = merged.orderBy(*fit.keys).toArrow().cast(partial_schema)
+        artifact = fit.finalize(merged_table, cfg, artifact)
     planning.save_artifact(plan, artifact)
     return artifact
+
+
+def _partial_batches(stage: Stage, cfg: Any, previous: pa.Table | None):
+    def partials(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield from stage.fit.partial(stage.input_columns(pa.Table.from_batches([batch]), cfg), cfg, previous).to_batches()
+
+    return partials
 
 
 def _apply_batches(stage: Stage, cfg: Any, artifact: pa.Table | None):
