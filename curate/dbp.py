@@ -16,7 +16,7 @@ based on complexity of concept clusters"), DESIGN.md 4.4, on the rows SemDeDup k
 4. Per cluster (Stage.group_by = the DBP cluster of each deduplicated row): keep the x_j members
    farthest from the centroid (ascending ``dbp_cluster_sim``, ties by uid).
 
-The artifact (OUT/dbp/_artifact.parquet) is the per-cluster table: centroid_id, centroid, size,
+The artifact (OUT/dbp/_artifact.parquet, published as OUT/dbp/clusters.parquet) is the per-cluster table: centroid_id, centroid, size,
 d_intra, d_inter, complexity, share, quota, target (N).
 
 Columns added: ``dbp_cluster_id`` (int32), ``dbp_cluster_sim`` (float32) for every row with a
@@ -207,4 +207,5 @@ STAGE = Stage(
     fit=Fit(partial=partial, keys=("uid", "vector", "cluster"), finalize=finalize, passes=3),
     summary="DBP: re-cluster the deduplicated rows; keep per-cluster quotas by complexity, farthest members first",
     group_by=group_key,
+    artifact_name="clusters.parquet",
 )

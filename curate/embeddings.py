@@ -10,6 +10,13 @@ float16 values. Decision: not ``fixed_size_list<halffloat>``, because Spark (4.x
 neither parquet FLOAT16 nor Arrow halffloat; raw float16 bytes cost the same space, read
 on every engine, and ``decode`` turns a column into an (n, dim) array without copying
 per row. A null entry (e.g. an image that failed to decode) decodes to a row of NaN.
+
+The ``embed`` stage (curate/embed.py) writes the same bytes as ``embed_image``/``embed_text``
+in plain ``binary`` columns (one width per column; Spark writes BINARY either way), which
+``decode`` reads the same way. Model facts sit at the top level of both kinds of manifest:
+``model`` (open_clip name or hf-hub:/local-dir: id), ``pretrained`` (tag, checkpoint path or
+None), ``dim``, ``preprocess``; an embed manifest adds ``weights`` (random | tag | file | hf-hub |
+local-dir) and ``checkpoint_sha256``. ``embedding_model(manifest)`` reads the model name.
 """
 
 from __future__ import annotations
@@ -19,6 +26,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 EMBEDDINGS_DIR = "embeddings"
+
+
+def embedding_model(manifest: dict) -> str | None:
+    """The open_clip model named by an embedding manifest (an imported sidecar's or the embed
+    stage's), or None when it names none."""
+    return manifest.get("model") or (manifest.get("config") or {}).get("model")
 
 
 def sidecar_path(name: str) -> str:
@@ -37,10 +50,35 @@ def encode(matrix: np.ndarray, valid: np.ndarray | None = None) -> pa.FixedSizeB
     return array if mask is None else pc.if_else(mask, pa.scalar(None, pa.binary(width)), array)
 
 
+def embedding_columns(source: str) -> tuple[str, str]:
+    """The (image, text) column specs a stage reads for an embedding source: "embed" is this
+    run's embed stage (``embed_image``, ``embed_text``); any other name is the pool sidecar
+    ``embeddings/<name>`` (e.g. "b32" -> ``embeddings/b32:image_emb``, ``embeddings/b32:text_emb``)."""
+    if source == "embed":
+        return "embed_image", "embed_text"
+    return f"{sidecar_path(source)}:image_emb", f"{sidecar_path(source)}:text_emb"
+
+
+def as_fixed_size(column: pa.Array) -> pa.Array:
+    """A binary column whose non-null values all have one width -> fixed_size_binary (Spark hands
+    fixed_size_binary parquet columns to Python as plain binary). Unequal widths are an error."""
+    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+        return column
+    lengths = pc.binary_length(column).drop_null()
+    widths = pc.unique(lengths).to_pylist()
+    if len(widths) > 1:
+        first_other = pc.index(pc.binary_length(column), widths[1]).as_py()
+        raise ValueError(f"embeddings of different widths in one column: {widths[0]} and {widths[1]} bytes "
+                         f"(row {first_other} of this batch)")
+    return column.cast(pa.binary(widths[0] if widths else 0))
+
+
 def decode(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """fixed_size_binary(2 * dim) -> float16 array (n, dim); null rows are NaN."""
+    """fixed_size_binary(2 * dim) -> float16 array (n, dim); null rows are NaN. A plain binary
+    column with one width (how Spark passes these columns) is read the same way."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    column = as_fixed_size(column)
     if not pa.types.is_fixed_size_binary(column.type):
         raise TypeError(f"expected fixed_size_binary embeddings, got {column.type}")
     dim = column.type.byte_width // 2

@@ -26,6 +26,7 @@ are matched literally, as the rule says). metadata/README.md describes the built
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,15 @@ def apply(table: pa.Table, cfg: MetaclipConfig, artifact: pa.Table | None) -> pa
                      "metaclip_reason": pa.array(reason.tolist(), pa.string()), "metaclip_p": probability})
 
 
+def describe(cfg: MetaclipConfig) -> dict:
+    """The metadata file's content hash: editing the list in place re-runs the stage."""
+    digest = hashlib.sha256()
+    with open(cfg.metadata, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"metadata_sha256": digest.hexdigest()}
+
+
 STAGE = Stage(
     name="metaclip",
     config=MetaclipConfig,
@@ -134,4 +144,5 @@ STAGE = Stage(
     apply=apply,
     fit=Fit(partial=entry_counts, keys=("entry_id",), finalize=balance),
     summary="MetaCLIP: substring-match a metadata entry list, count per entry, balance to t per entry",
+    describe=describe,
 )

@@ -6,8 +6,9 @@ other stage removes; download status counts when the pool has them; rows out.
 
 When the pool carries a ground-truth file (the demo pool: ``_ground_truth.parquet`` with a
 ``defect`` column, "clean" or the planted defect), each stage gets precision (share of the
-rows it removes that carry any planted defect) and recall (share of the defects it targets,
-per ``DEMO_TARGETS``, that it removes), computed over downloaded rows (status "success")
+rows it removes that carry any planted defect), recall (share of the defects it targets,
+per ``DEMO_TARGETS``, that it removes) and precision_vs_clean (of the removed rows that are
+clean or targeted, the share targeted), computed over downloaded rows (status "success")
 when the pool has a status column; and the subset gets, per defect, the share left in it.
 """
 
@@ -28,6 +29,7 @@ DEMO_TARGETS = {
     "basic": ("small_image", "extreme_aspect", "non_english", "short_caption"),
     "laion2b": ("non_english",),
     "align": ("small_image", "extreme_aspect", "short_caption", "boilerplate_caption"),
+    "score": ("mismatched_caption",),
 }
 
 
@@ -73,6 +75,14 @@ def build_report(pool_dir: Path, out_dir: Path, recipe: dict[str, Any], engine: 
             "removed_only_by_this_stage": only_here.height,
             "by_reason": _value_counts(removed, f"{name}_reason") if f"{name}_reason" in removed.columns else {},
         }
+    if "metaclip" in stage_names:  # concept frequencies: entry counts before/after balancing
+        from curate.metaclip_report import metaclip_summary
+
+        report["metaclip"] = metaclip_summary(out_dir, pool_dir)
+    clusters_path = out_dir / "dbp" / "clusters.parquet"
+    if "dbp" in stage_names and clusters_path.exists():  # per-cluster sizes before / after DBP
+        clusters = pl.read_parquet(clusters_path, columns=["centroid_id", "size", "quota", "complexity"])
+        report["dbp_clusters"] = clusters.rename({"centroid_id": "cluster", "quota": "kept"}).to_dicts()
     truth_path = pool_dir / GROUND_TRUTH
     if truth_path.exists():
         report["ground_truth"] = ground_truth_metrics(table, pl.read_parquet(truth_path), stage_names)
@@ -109,8 +119,14 @@ def ground_truth_metrics(table: pl.DataFrame, truth: pl.DataFrame, stage_names: 
             "targets": list(targets),
             "precision": _ratio(removed.filter(pl.col("defect") != "clean").height, removed.height),
             "recall": _ratio(hit, target_rows.height) if targets else None,
+            # of the removed rows that are clean or targeted, the share targeted: the stage's
+            # precision on the defect it is for, not counting defects other stages remove
+            "precision_vs_clean": _ratio(hit, removed.filter(pl.col("defect").is_in([*targets, "clean"])).height)
+            if targets else None,
             "removed_by_defect": _value_counts(removed, "defect"),
         }
+    if "semdedup_keep" in downloaded.columns and "duplicate_of" in truth.columns:
+        metrics["semdedup_pairs"] = duplicate_pair_metrics(downloaded, truth)
     for defect, group in joined.group_by("defect"):
         metrics["subset"][defect[0]] = {"rows": group.height, "left_in_subset": int(group["selected"].sum())}
     clean = metrics["subset"].get("clean", {"rows": 0, "left_in_subset": 0})
@@ -118,6 +134,20 @@ def ground_truth_metrics(table: pl.DataFrame, truth: pl.DataFrame, stage_names: 
     defective = joined.filter(pl.col("defect") != "clean")
     metrics["defects_removed"] = _ratio(defective.height - int(defective["selected"].sum()), defective.height)
     return metrics
+
+
+def duplicate_pair_metrics(downloaded: pl.DataFrame, truth: pl.DataFrame) -> dict[str, Any]:
+    """SemDeDup against the planted (copy, original) pairs: a pair is found when either member
+    is removed (which one stays depends on the order within the cluster); precision is the
+    share of removed rows that belong to a planted pair."""
+    present = set(downloaded["uid"].to_list())
+    pairs = truth.filter(pl.col("duplicate_of").is_not_null()).select("uid", "duplicate_of").rows()
+    pairs = [(copy, original) for copy, original in pairs if copy in present and original in present]
+    removed = set(downloaded.filter(pl.col("semdedup_keep").fill_null(False).not_())["uid"].to_list())
+    members = {uid for pair in pairs for uid in pair}
+    found = sum(1 for copy, original in pairs if copy in removed or original in removed)
+    return {"pairs": len(pairs), "recall": _ratio(found, len(pairs)),
+            "precision": _ratio(len(removed & members), len(removed)), "removed": len(removed)}
 
 
 def _ratio(numerator: int, denominator: int) -> float | None:
@@ -131,6 +161,15 @@ def summary(report: dict[str, Any]) -> str:
     for name, info in report["stages"].items():
         reasons = ", ".join(f"{r}={n}" for r, n in info["by_reason"].items() if r != "None")
         lines.append(f"  {name}: would remove {info['removed']} ({info['removed_only_by_this_stage']} only here): {reasons}")
+    if "metaclip" in report:
+        from curate.metaclip_report import summary_lines
+
+        lines.extend(summary_lines(report["metaclip"]))
+    if report.get("dbp_clusters"):
+        sizes = sorted(c["size"] for c in report["dbp_clusters"])
+        kept = sorted(c["kept"] for c in report["dbp_clusters"])
+        lines.append(f"  dbp: {len(sizes)} clusters, sizes min/median/max {sizes[0]}/{sizes[len(sizes) // 2]}/{sizes[-1]}"
+                     f" -> kept {kept[0]}/{kept[len(kept) // 2]}/{kept[-1]}")
     lines.append(f"rows out: {report['rows_out']}  (select: {report['select']})")
     truth = report.get("ground_truth")
     if truth:
@@ -138,6 +177,12 @@ def summary(report: dict[str, Any]) -> str:
             info = truth["download"]
             lines.append(f"  ground truth download: precision {info['precision']}, recall {info['recall']} of {info['targets']}")
         for name, info in truth["stages"].items():
-            lines.append(f"  ground truth {name}: precision {info['precision']}, recall {info['recall']} of {info['targets']}")
+            versus = info.get("precision_vs_clean")
+            lines.append(f"  ground truth {name}: precision {info['precision']}, recall {info['recall']} of {info['targets']}"
+                         + (f"; vs clean rows: precision {versus}" if versus is not None else ""))
+        if "semdedup_pairs" in truth:
+            info = truth["semdedup_pairs"]
+            lines.append(f"  ground truth semdedup: {info['pairs']} planted duplicate pairs, recall {info['recall']}, "
+                         f"precision {info['precision']}")
         lines.append(f"  clean samples kept: {truth['clean_kept']}, planted defects removed: {truth['defects_removed']}")
     return "\n".join(lines)

@@ -15,6 +15,17 @@ A stage is data, not a class hierarchy:
   A fit of ``passes`` > 1 repeats this: pass k's partial and finalize receive pass k-1's
   artifact as ``previous`` (None on the first pass), e.g. a coarse then a fine histogram
   to find an exact quantile with memory independent of the pool size.
+- ``group_by`` (optional): per-group work (e.g. per k-means cluster). ``group_by(table, cfg,
+  artifact)`` gives each input row's int64 group key (null: the row takes part in no group);
+  ``apply`` is then called once per group with ALL of that group's rows (in no defined order),
+  and with key-null rows in batches of any size. Local: curate.engines.groups (a bounded
+  shuffle through files); Spark: ``groupBy(key).applyInArrow``.
+
+- ``describe`` (optional): facts about the resolved config that a consumer must check (e.g.
+  the embedding model, its weights and preprocessing). Evaluated once before the stage runs,
+  merged into the top level of the stage's manifest and part of its fingerprint.
+- ``max_workers`` (optional): the most processes the local engine runs the stage in (a model
+  stage: one process per GPU, or one process using every core through torch threads).
 
 Engines (curate/engines) know nothing about any particular stage.
 """
@@ -53,6 +64,10 @@ class Stage:
     fit: Fit | None = None
     summary: str = ""
     check_inputs: Callable[[Any, dict[str, dict]], None] | None = None  # (cfg, source manifests)
+    group_by: Callable[[pa.Table, Any, pa.Table | None], pa.Array] | None = None  # (inputs, cfg, artifact) -> key
+    describe: Callable[[Any], dict[str, Any]] | None = None  # (cfg) -> fields merged into the manifest
+    max_workers: Callable[[Any], int] | None = None          # (cfg) -> most local-engine processes
+    artifact_name: str | None = None  # also publish the fitted artifact as OUT/<stage>/<this name>
 
     def input_columns(self, table: pa.Table, cfg: Any) -> pa.Table:
         """The columns ``apply`` sees: ``reads(cfg)``, with ``dir:column`` sidecar reads as ``column``."""

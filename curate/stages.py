@@ -14,6 +14,13 @@ STAGE_MODULES = {
     "basic": "curate.basic",
     "laion2b": "curate.laion2b",
     "align": "curate.align",
+    "score": "curate.score",
+    "text_based": "curate.text_based",
+    "image_based": "curate.image_based",
+    "metaclip": "curate.metaclip",
+    "cluster": "curate.cluster",
+    "semdedup": "curate.semdedup",
+    "dbp": "curate.dbp",
 }
 
 

@@ -113,7 +113,7 @@ def run_subset_spark(pool_dir: Path, out_dir: Path, stage_names: list[str], sele
         frame = spark_engine.read_pool(spark, scan_shards(pool_dir))
         rows_in = frame.count()
         for name in stage_names:
-            frame = frame.join(spark.read.parquet(str(out_dir / name)), on="uid", how="left")
+            frame = frame.join(spark_engine.read_parts(spark, out_dir / name), on="uid", how="left")
         check_select(select, frame.columns)
         rows = spark_engine.write_parts(frame.filter(F.expr(select)), subset_dir)
         write_manifest(subset_dir, stage=SUBSET, status="complete", fingerprint=fingerprint, select=select,

@@ -99,7 +99,8 @@ def dbp_run(tmp_path, engine="local", spark=None, out="out"):
 def test_dbp_keeps_exactly_the_target(tmp_path):
     out = dbp_run(tmp_path)
     got = table(out, "dbp")
-    stats = pa.parquet.read_table(out / "dbp" / "_artifact.parquet")
+    stats = pa.parquet.read_table(out / "dbp" / "clusters.parquet")  # the published per-cluster statistics
+    assert stats.equals(pa.parquet.read_table(out / "dbp" / "_artifact.parquet"))
     kept_by_semdedup = table(out, "semdedup").column("semdedup_keep").to_pylist().count(True)
     assert stats.column("target")[0].as_py() == kept_by_semdedup // 2
     assert got.column("dbp_keep").to_pylist().count(True) == kept_by_semdedup // 2

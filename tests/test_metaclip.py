@@ -183,3 +183,18 @@ def test_non_utf8_captions_are_repaired_then_matched(tmp_path):
     rows = [by_text[uid] for uid in table.column("uid").to_pylist()]
     assert [r["metaclip_entries"] for r in rows] == [[0, 1], [2], []]
     assert [r["metaclip_reason"] for r in rows][2] == "no_text"
+
+
+def test_editing_the_metadata_in_place_reruns_the_stage(tmp_path):
+    pool_dir = write_pool(tmp_path / "pool", [40])
+    metadata = tmp_path / "entries.txt"
+    metadata.write_text("photo\nstar\n")
+    first = run_metaclip(pool_dir, tmp_path / "out", str(metadata))
+    metadata.write_text("photo\ncircle\n")  # same path, same length, other content
+    second = run_metaclip(pool_dir, tmp_path / "out", str(metadata))
+    assert first["fingerprint"] != second["fingerprint"]
+    assert first["metadata_sha256"] != second["metadata_sha256"]
+    output = pq.read_table(tmp_path / "out" / "metaclip" / "part-00000.parquet")  # row-aligned with the shard
+    captions = pq.read_table(pool_dir / "00000.parquet").column("text").to_pylist()
+    matched = [1 in ids for ids in output.column("metaclip_entries").to_pylist()]
+    assert matched == [" circle " in f" {text} " for text in captions] and any(matched)

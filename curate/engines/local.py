@@ -46,11 +46,18 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, workers:
         return read_manifest(plan.stage_dir)
     write_manifest(plan.stage_dir, **planning.manifest_fields(plan, "local", LAYOUT, "running"))
     workers = workers or default_workers()
+    if stage.max_workers is not None:  # e.g. a model stage: one process, torch threads use the cores
+        workers = max(1, min(workers, stage.max_workers(cfg)))
     artifact_rows = _fit(plan, shards, out_dir, workers) if stage.fit else None
     tasks = [(stage.name, cfg, shard, plan.sources, plan.source_dirs, out_dir) for shard in shards
              if not is_done(plan.stage_dir, shard.part, plan.stage_dir / f"{shard.part}.parquet")]
     started = time.perf_counter()
-    _map(_apply_partition, tasks, workers, f"{stage.name}")
+    if stage.group_by is not None and tasks:
+        from curate.engines.groups import run_groups
+
+        run_groups(plan, shards, out_dir, workers, _map)  # per-group apply: a bounded shuffle
+    else:
+        _map(_apply_partition, tasks, workers, f"{stage.name}")
     stats = done_stats(plan.stage_dir)
     rows = sum(s["rows"] for s in stats)
     return write_manifest(plan.stage_dir, **planning.manifest_fields(

@@ -44,6 +44,7 @@ class Plan:
     sources: dict[str, list[str]]  # "pool", an upstream stage or "pool:<sidecar>" -> columns
     source_dirs: dict[str, Path]   # where each non-pool source's part-NNNNN.parquet files are
     fingerprint: str
+    description: dict[str, Any] | None = None  # stage.describe(cfg): top-level manifest fields
 
 
 def stage_output_columns(out_dir: Path) -> dict[str, list[str]]:
@@ -86,15 +87,18 @@ def make_plan(stage: Stage, cfg: Any, shards: list[Shard], out_dir: Path) -> Pla
         sources.setdefault(owner, []).append(column)
         source_dirs[owner] = out_dir / owner
     manifests = {name: read_manifest(path) for name, path in source_dirs.items()}
-    fingerprint = _fingerprint(stage, cfg, shards, {n: m["fingerprint"] for n, m in manifests.items()})
     if stage.check_inputs is not None:
         stage.check_inputs(cfg, manifests)
-    return Plan(stage, cfg, out_dir / stage.name, sources, source_dirs, fingerprint)
+    description = stage.describe(cfg) if stage.describe is not None else None
+    fingerprint = _fingerprint(stage, cfg, shards, {n: m["fingerprint"] for n, m in manifests.items()}, description)
+    return Plan(stage, cfg, out_dir / stage.name, sources, source_dirs, fingerprint, description)
 
 
-def _fingerprint(stage: Stage, cfg: Any, shards: list[Shard], upstream: dict[str, str]) -> str:
+def _fingerprint(stage: Stage, cfg: Any, shards: list[Shard], upstream: dict[str, str],
+                 description: dict[str, Any] | None = None) -> str:
     pool = [(s.path.name, s.path.stat().st_size, s.path.stat().st_mtime_ns, s.rows) for s in shards]
-    blob = json.dumps([stage.name, config_dict(cfg), pool, sorted(upstream.items())], default=str)
+    parts = [stage.name, config_dict(cfg), pool, sorted(upstream.items())]
+    blob = json.dumps(parts + ([description] if description is not None else []), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -130,7 +134,7 @@ def prepare_stage_dir(plan: Plan) -> bool:
 
 
 def manifest_fields(plan: Plan, engine: str, layout: str, status: str, **extra: Any) -> dict[str, Any]:
-    return {
+    fields = {
         "stage": plan.stage.name,
         "status": status,
         "engine": engine,
@@ -141,10 +145,16 @@ def manifest_fields(plan: Plan, engine: str, layout: str, status: str, **extra: 
         "columns": plan.stage.adds.names,
         **extra,
     }
+    clash = set(plan.description or {}) & (set(fields) | {"written_at", "versions"})
+    if clash:
+        raise RuntimeError(f"stage {plan.stage.name}: describe() returned reserved manifest keys {sorted(clash)}")
+    return {**fields, **(plan.description or {})}
 
 
 def save_artifact(plan: Plan, artifact: pa.Table) -> None:
     atomic_write_table(artifact, plan.stage_dir / ARTIFACT)
+    if plan.stage.artifact_name:  # a product in its own right, e.g. DBP's per-cluster statistics
+        atomic_write_table(artifact, plan.stage_dir / plan.stage.artifact_name)
 
 
 def load_artifact(stage_dir: Path) -> pa.Table | None:

@@ -64,11 +64,16 @@ def read_pool(spark, shards: list[Shard], columns: list[str] | None = None):
     return frame.select(*columns) if columns is not None else frame
 
 
+def read_parts(spark, directory: Path):
+    """A stage's or sidecar's data files only (part-*.parquet), not artifacts beside them."""
+    return spark.read.parquet(*[str(p) for p in sorted(directory.glob("part-*.parquet"))])
+
+
 def input_frame(spark, plan: planning.Plan, shards: list[Shard], out_dir: Path):
     frame = read_pool(spark, shards, plan.sources[planning.POOL])
     for name, columns in plan.sources.items():
         if name != planning.POOL:
-            upstream = spark.read.parquet(str(plan.source_dirs[name])).select("uid", *columns)
+            upstream = read_parts(spark, plan.source_dirs[name]).select("uid", *columns)
             frame = frame.join(upstream, on="uid", how="left")
     return frame
 
@@ -84,7 +89,10 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, spark=No
     started = time.perf_counter()
     frame = input_frame(spark, plan, shards, out_dir)
     artifact = _fit(plan, frame, shards, out_dir) if stage.fit else None
-    output = frame.mapInArrow(_apply_batches(stage, cfg, artifact), _spark_schema(stage.output_schema()))
+    if stage.group_by is not None:
+        output = _apply_groups(stage, cfg, artifact, frame)
+    else:
+        output = frame.mapInArrow(_apply_batches(stage, cfg, artifact), _spark_schema(stage.output_schema()))
     rows = write_parts(output, plan.stage_dir)
     return write_manifest(plan.stage_dir, **planning.manifest_fields(
         plan, "spark", LAYOUT, "complete", rows=rows,
@@ -128,6 +136,31 @@ def _apply_batches(stage: Stage, cfg: Any, artifact: pa.Table | None):
             yield from stage.run_apply(pa.Table.from_batches([batch]), cfg, artifact).to_batches()
 
     return apply
+
+
+GROUP_KEY = "_group"
+
+
+def _apply_groups(stage: Stage, cfg: Any, artifact: pa.Table | None, frame):
+    """Per-group apply: key each row (mapInArrow), rows with a null key through mapInArrow,
+    the others through groupBy(key).applyInArrow, one call per group with all its rows."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import LongType, StructField, StructType
+
+    def add_key(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            key = pa.chunked_array([stage.group_by(stage.input_columns(table, cfg), cfg, artifact)]).cast(pa.int64())
+            yield from table.append_column(GROUP_KEY, key).to_batches()
+
+    def apply_group(table: pa.Table) -> pa.Table:
+        return stage.run_apply(table.drop_columns([GROUP_KEY]), cfg, artifact)
+
+    keyed = frame.mapInArrow(add_key, StructType([*frame.schema.fields, StructField(GROUP_KEY, LongType())]))
+    schema = _spark_schema(stage.output_schema())
+    loose = keyed.filter(F.col(GROUP_KEY).isNull()).drop(GROUP_KEY).mapInArrow(_apply_batches(stage, cfg, artifact), schema)
+    grouped = keyed.filter(F.col(GROUP_KEY).isNotNull()).groupBy(GROUP_KEY).applyInArrow(apply_group, schema)
+    return grouped.unionByName(loose)
 
 
 def _spark_schema(schema: pa.Schema):
