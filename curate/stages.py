@@ -14,6 +14,7 @@ STAGE_MODULES = {
     "basic": "curate.basic",
     "laion2b": "curate.laion2b",
     "align": "curate.align",
+    "embed": "curate.embed",
     "score": "curate.score",
     "text_based": "curate.text_based",
     "image_based": "curate.image_based",

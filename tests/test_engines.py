@@ -75,7 +75,7 @@ def test_spark_stage_equals_local_stage(tiny_pool, tmp_path, spark):
 @pytest.mark.spark
 def test_recipe_subset_npy_is_byte_identical_on_both_engines(tmp_path, spark):
     pool = write_pool(tmp_path / "pool", [300, 0, 250, 450])
-    recipe = load_recipe("jobs/recipes/demo.yaml")
+    recipe = load_recipe("jobs/recipes/filters.yaml")
     local_report = pipeline.run_recipe(recipe, pool, tmp_path / "local", engine="local", workers=2)
     spark_report = pipeline.run_recipe(recipe, pool, tmp_path / "spark", engine="spark", master="local[2]")
     local_npy = (tmp_path / "local" / "subset.npy").read_bytes()
@@ -98,9 +98,9 @@ def _curate(*args, **kwargs):
 def test_sigkill_mid_stage_then_rerun_gives_the_uninterrupted_result(tmp_path):
     pool = write_pool(tmp_path / "pool", [2000] * 12)
     reference = tmp_path / "reference"
-    assert _curate("run", "jobs/recipes/demo.yaml", "--pool", pool, "--out", reference, "--workers", "1").wait() == 0
+    assert _curate("run", "jobs/recipes/filters.yaml", "--pool", pool, "--out", reference, "--workers", "1").wait() == 0
     out = tmp_path / "killed"
-    process = _curate("run", "jobs/recipes/demo.yaml", "--pool", pool, "--out", out, "--workers", "1")
+    process = _curate("run", "jobs/recipes/filters.yaml", "--pool", pool, "--out", out, "--workers", "1")
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "basic" / "_done").glob("*.json"))) < 3:
         time.sleep(0.05)
@@ -109,7 +109,7 @@ def test_sigkill_mid_stage_then_rerun_gives_the_uninterrupted_result(tmp_path):
     done = len(list((out / "basic" / "_done").glob("*.json")))
     assert 3 <= done < 12, "the kill should land in the middle of the basic stage"
     assert read_manifest(out / "basic")["status"] == "running"
-    assert _curate("run", "jobs/recipes/demo.yaml", "--pool", pool, "--out", out, "--workers", "1").wait() == 0
+    assert _curate("run", "jobs/recipes/filters.yaml", "--pool", pool, "--out", out, "--workers", "1").wait() == 0
     assert (out / "subset.npy").read_bytes() == (reference / "subset.npy").read_bytes()
     for stage in ("basic", "laion2b", "align", "subset"):
         assert stage_table(out, stage).equals(stage_table(reference, stage)), stage

@@ -70,7 +70,7 @@ def test_report_shows_the_head_flattened_at_t(tmp_path):
 def test_demo_recipe_and_the_stage_command(tmp_path):
     pool = write_pool(tmp_path / "pool", [40, 35, 25])
     out = tmp_path / "out"
-    assert main(["run", "jobs/recipes/demo.yaml", "--pool", str(pool), "--out", str(out), "--workers", "2"]) == 0
+    assert main(["run", "jobs/recipes/filters.yaml", "--pool", str(pool), "--out", str(out), "--workers", "2"]) == 0
     report = read_json(out / "report.json")
     assert "metaclip" in report["stages"] and "metaclip_keep" in report["select"]
     assert report["metaclip"]["entries"] > 350_000 and report["rows_out"] > 0

@@ -1,0 +1,293 @@
+"""The embed stage: normalised float16 embeddings, reasons for bad images, model checks,
+checkpoints, batching independence, local == Spark, resume after a kill.
+
+Tiny generated images and the tiny curate-tiny-vit architecture, random or saved weights: no
+network, no downloaded weights.
+"""
+
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curate import embed, models, pipeline
+from curate.embeddings import decode
+from curate.recipe import parse_recipe
+from curate.runio import read_manifest
+from curate.stage import RecipeError
+from curate.uid import derive_uid
+
+BIN = Path(sys.executable).parent
+COLOURS = {"red": (214, 40, 40), "green": (45, 160, 60), "blue": (35, 85, 215), "yellow": (240, 215, 35)}
+
+
+def png_header(width: int, height: int, rows: int | None = None) -> bytes:
+    """A 1-bit PNG of the given size whose pixel data (all ``rows`` of it) inflates to
+    width * height / 8 bytes: a decompression bomb at 20,000 x 20,000, 1 KB on disk."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)
+    body = b"".join(compressor.compress(row * 1000) for _ in range((rows or height) // 1000)) + compressor.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def image_bytes(colour: str, seed: int, fmt: str = "JPEG") -> bytes:
+    rng = np.random.default_rng(seed)
+    width, height = int(rng.integers(40, 120)), int(rng.integers(40, 120))
+    image = Image.new("RGB", (width, height), tuple(int(c) for c in rng.integers(0, 255, 3)))
+    x, y = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
+    image.paste(COLOURS[colour], (x, y, x + width // 2, y + height // 2))
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def good_rows(n: int, offset: int = 0) -> list[dict]:
+    rows = []
+    for i in range(offset, offset + n):
+        colour = list(COLOURS)[i % len(COLOURS)]
+        text = f"a {colour} square number {i}"
+        rows.append({"uid": derive_uid(f"img://{i}", text), "text": text, "status": "success",
+                     "jpg": image_bytes(colour, i, "PNG" if i % 3 == 0 else "JPEG")})
+    return rows
+
+
+def bad_rows() -> list[dict]:
+    """One row per problem, with the embed_reason it must get."""
+    one_pixel = io.BytesIO()
+    Image.new("RGB", (1, 1), (255, 0, 0)).save(one_pixel, "PNG")
+    truncated = image_bytes("green", 3)
+    cases = [
+        ("no_image", None, "a caption without an image"),
+        ("decode_error", b"\xff\xd8\xff\xe0 this is not really a jpeg", "garbage bytes"),
+        ("decode_error", truncated[: len(truncated) // 2], "a truncated jpeg"),
+        ("tiny_image", one_pixel.getvalue(), "a single pixel"),
+        ("too_many_pixels", png_header(20_000, 20_000), "a 20000 x 20000 decompression bomb"),
+        ("too_many_pixels", png_header(10_000, 6_000, rows=1000), "above max_pixels, below PIL's own limit"),
+        ("no_text", image_bytes("blue", 2), None),
+        (None, image_bytes("red", 4), "a red square " * 80_000),  # ~1M characters: cut before tokenizing
+    ]
+    return [{"uid": derive_uid(f"bad://{index}", "x"), "text": text, "status": "success", "jpg": data, "expect": reason}
+            for index, (reason, data, text) in enumerate(cases)]
+
+
+SCHEMA = pa.schema([("uid", pa.string()), ("text", pa.string()), ("status", pa.string()), ("jpg", pa.binary())])
+
+
+def write_image_pool(directory: Path, shards: list[list[dict]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for index, rows in enumerate(shards):
+        table = pa.Table.from_pylist([{k: r[k] for k in SCHEMA.names} for r in rows], schema=SCHEMA)
+        pq.write_table(table, directory / f"{index:05d}.parquet")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def image_pool(tmp_path_factory) -> Path:
+    rows = good_rows(30)
+    return write_image_pool(tmp_path_factory.mktemp("embed") / "pool", [rows[:12], bad_rows(), [], rows[12:]])
+
+
+def embed_config(**values):
+    return parse_recipe({"stages": {"embed": {"batch_size": 8, **values}}, "select": "true"}, "t").stages[0][1]
+
+
+def run_embed(pool, out, engine="local", spark=None, **values) -> dict:
+    return pipeline.run_stage("embed", embed_config(**values), pool, out, engine=engine, workers=2, spark=spark)
+
+
+def embed_table(out: Path) -> pa.Table:
+    return pq.read_table(sorted((out / "embed").glob("part-*.parquet"))).sort_by("uid")
+
+
+def test_embeddings_are_normalised_float16_with_a_reason_where_there_is_none(image_pool, tmp_path):
+    manifest = run_embed(image_pool, tmp_path / "out")
+    table = embed_table(tmp_path / "out")
+    assert table.num_rows == 30 + len(bad_rows()) and manifest["partitions"] == 4
+    assert manifest["model"] == "curate-tiny-vit" and manifest["dim"] == 64 and manifest["weights"] == "random"
+    assert manifest["preprocess"]["image_size"] == [64, 64] and manifest["preprocess"]["resize_mode"] == "shortest"
+    reasons = dict(zip(table.column("uid").to_pylist(), table.column("embed_reason").to_pylist()))
+    for row in bad_rows():
+        assert reasons[row["uid"]] == row["expect"], row["text"][:40]
+    image, text = decode(table.column("embed_image")), decode(table.column("embed_text"))
+    assert image.dtype == np.float16 and image.shape == (table.num_rows, 64)
+    image_null = np.isnan(image).all(axis=1)
+    text_null = np.isnan(text).all(axis=1)
+    reason = np.array([r or "" for r in table.column("embed_reason").to_pylist()])
+    assert np.array_equal(image_null, np.isin(reason, ["no_image", "decode_error", "tiny_image", "too_many_pixels"]))
+    assert np.array_equal(text_null, reason == "no_text")
+    for matrix, null in ((image, image_null), (text, text_null)):
+        norms = np.linalg.norm(matrix[~null].astype(np.float32), axis=1)
+        assert np.allclose(norms, 1.0, atol=2e-3)
+
+
+def test_embeddings_do_not_depend_on_partitioning_or_threads(image_pool):
+    table = pq.read_table(image_pool / "00000.parquet").select(["jpg", "text"])
+    cfg = embed.EmbedConfig(batch_size=8)
+    whole = embed.apply(table, cfg, None)
+    pieces = pa.concat_tables([embed.apply(table.slice(0, 5), embed.EmbedConfig(batch_size=8, threads=1), None),
+                               embed.apply(table.slice(5), embed.EmbedConfig(batch_size=8, decode_threads=3), None)])
+    assert pieces.equals(whole)  # every batch is padded to batch_size: bit-identical
+    other = embed.apply(table, embed.EmbedConfig(batch_size=3), None)
+    assert np.allclose(decode(other.column("embed_image")).astype(np.float32),
+                       decode(whole.column("embed_image")).astype(np.float32), atol=2e-3)
+
+
+def test_a_pool_without_images_is_refused_clearly(tmp_path):
+    from tests.conftest import write_pool
+
+    pool = write_pool(tmp_path / "pool", [5])
+    with pytest.raises(RecipeError, match="reads column 'jpg'"):
+        run_embed(pool, tmp_path / "out")
+
+
+def test_unknown_model_names_close_ones(image_pool, tmp_path):
+    with pytest.raises(RecipeError, match=r"unknown open_clip model 'ViT-B-23'.*ViT-B-32"):
+        run_embed(image_pool, tmp_path / "out", model="ViT-B-23")
+    with pytest.raises(RecipeError, match="neither a checkpoint file nor a tag"):
+        run_embed(image_pool, tmp_path / "out", pretrained="no-such-tag")
+    with pytest.raises(RecipeError, match="does not exist"):
+        run_embed(image_pool, tmp_path / "out", pretrained=str(tmp_path / "missing.pt"))
+
+
+def test_model_specs_resolve_without_loading_or_network():
+    assert models.resolve("ViT-B/32", "openai") == models.ModelSpec("ViT-B-32", "openai", "tag")
+    assert models.resolve("curate-tiny-vit", "hf-hub:apple/DFN2B-CLIP-ViT-B-16").kind == "hf-hub"
+    assert models.resolve("local-dir:/some/dir", None) == models.ModelSpec("local-dir:/some/dir", None, "local-dir")
+    with pytest.raises(RecipeError, match="carries its own weights"):
+        models.resolve("hf-hub:apple/DFN2B-CLIP-ViT-B-16", "openai")
+
+
+def saved_weights(directory: Path, seed: int, edit=None) -> dict[str, Path]:
+    """A random curate-tiny-vit's weights as .pt, .safetensors and an open_clip local-dir."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    models.register_configs()
+    torch.manual_seed(seed)
+    state = open_clip.create_model("curate-tiny-vit").state_dict()
+    if edit:
+        edit(state)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(state, directory / "weights.pt")
+    save_file({k: v.contiguous() for k, v in state.items()}, directory / "weights.safetensors")
+    local = directory / "local"
+    local.mkdir(exist_ok=True)
+    config = json.loads((models.CONFIG_DIR / "curate-tiny-vit.json").read_text())
+    (local / "open_clip_config.json").write_text(json.dumps({"model_cfg": config}))
+    save_file({k: v.contiguous() for k, v in state.items()}, local / "open_clip_model.safetensors")
+    return {"pt": directory / "weights.pt", "safetensors": directory / "weights.safetensors", "local": local}
+
+
+def test_checkpoint_round_trip_pt_safetensors_local_dir(image_pool, tmp_path):
+    weights = saved_weights(tmp_path / "w", seed=7)
+    tables = {}
+    for kind, path in weights.items():
+        pretrained = f"local-dir:{path}" if kind == "local" else str(path)
+        manifest = run_embed(image_pool, tmp_path / kind, pretrained=pretrained)
+        assert manifest["weights"] == ("local-dir" if kind == "local" else "file")
+        tables[kind] = embed_table(tmp_path / kind)
+    assert tables["pt"].equals(tables["safetensors"]) and tables["pt"].equals(tables["local"])
+    run_embed(image_pool, tmp_path / "random")
+    assert not embed_table(tmp_path / "random").equals(tables["pt"])
+    manifest = read_manifest(tmp_path / "pt" / "embed")
+    assert manifest["checkpoint_sha256"] and manifest["pretrained"] == str(weights["pt"])
+
+
+def test_new_weights_at_the_same_path_recompute(image_pool, tmp_path):
+    path = saved_weights(tmp_path / "a", seed=1)["pt"]
+    first = run_embed(image_pool, tmp_path / "out", pretrained=str(path))
+    os.replace(saved_weights(tmp_path / "b", seed=2)["pt"], path)
+    second = run_embed(image_pool, tmp_path / "out", pretrained=str(path))
+    assert first["fingerprint"] != second["fingerprint"]
+    assert first["checkpoint_sha256"] != second["checkpoint_sha256"]
+
+
+def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(image_pool, tmp_path):
+    for name in ("garbage.pt", "garbage.safetensors"):
+        (tmp_path / name).write_bytes(b"definitely not a checkpoint " * 20)
+        with pytest.raises(RecipeError, match=f"{name}: not a loadable curate-tiny-vit checkpoint"):
+            run_embed(image_pool, tmp_path / "out", pretrained=str(tmp_path / name))
+    import pickle
+    (tmp_path / "code.pt").write_bytes(pickle.dumps({"run": os.system}, protocol=2))  # must never be unpickled
+    with pytest.raises(RecipeError, match="weights_only=True"):
+        run_embed(image_pool, tmp_path / "out", pretrained=str(tmp_path / "code.pt"))
+    weights = saved_weights(tmp_path / "w", seed=0)["pt"]
+    with pytest.raises(RecipeError, match="not a loadable ViT-S-32 checkpoint"):
+        run_embed(image_pool, tmp_path / "out", model="ViT-S-32", pretrained=str(weights))
+    weights.with_suffix(".json").write_text(json.dumps({"model": "curate-tiny-vit"}))
+    with pytest.raises(RecipeError, match="holds a 'curate-tiny-vit' model"):
+        run_embed(image_pool, tmp_path / "out", model="ViT-S-32", pretrained=str(weights))
+
+
+def test_non_finite_and_zero_outputs_get_a_reason_and_no_embedding(image_pool, tmp_path):
+    def nan_text_zero_image(state):
+        state["text_projection"].fill_(float("nan"))
+        state["visual.proj"].zero_()
+
+    weights = saved_weights(tmp_path / "w", seed=0, edit=nan_text_zero_image)["pt"]
+    run_embed(image_pool, tmp_path / "out", pretrained=str(weights))
+    table = embed_table(tmp_path / "out")
+    reasons = set(table.column("embed_reason").to_pylist())
+    assert reasons <= {"zero_norm", "non_finite", "no_image", "decode_error", "tiny_image", "too_many_pixels", "no_text"}
+    assert "zero_norm" in reasons and table.column("embed_image").null_count == table.num_rows
+    assert table.column("embed_text").null_count == table.num_rows
+
+
+def test_embed_then_score_refuses_another_model(image_pool, tmp_path):
+    out = tmp_path / "out"
+    run_embed(image_pool, out)
+    stages = {"embed": {"batch_size": 8}, "score": {"embeddings": "embed", "score_column": None, "fraction": 0.5,
+                                                    "model": "ViT-B-32"}}
+    recipe = parse_recipe({"stages": stages, "select": "score_keep"}, "t")
+    with pytest.raises(RecipeError, match="made by 'curate-tiny-vit'"):
+        pipeline.run_stage("score", recipe.stages[1][1], image_pool, out, workers=1)
+
+
+@pytest.mark.spark
+def test_spark_embeddings_equal_local_ones(image_pool, tmp_path, spark):
+    run_embed(image_pool, tmp_path / "local")
+    manifest = run_embed(image_pool, tmp_path / "spark", engine="spark", spark=spark)
+    assert manifest["layout"] == "spark" and manifest["model"] == "curate-tiny-vit"
+    assert embed_table(tmp_path / "spark").equals(embed_table(tmp_path / "local"))
+
+
+def test_sigkill_mid_stage_resumes_only_unfinished_partitions(tmp_path):
+    rows = good_rows(12 * 24)
+    pool = write_image_pool(tmp_path / "pool", [rows[i:i + 24] for i in range(0, len(rows), 24)])
+    run_embed(pool, tmp_path / "reference", batch_size=4)
+    out = tmp_path / "killed"
+    command = [str(BIN / "curate"), "embed", "--pool", str(pool), "--out", str(out), "--set", "batch_size=4"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "embed" / "_done").glob("*.json"))) < 3:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in (out / "embed" / "_done").glob("*.json")}
+    assert 3 <= len(finished) < 12, "the kill should land in the middle of the stage"
+    parts = {p.name: p.stat().st_mtime_ns for p in (out / "embed").glob("part-*.parquet")}
+    pipeline.run_stage("embed", embed_config(batch_size=4), pool, out, workers=1)
+    for name, mtime in finished.items():  # finished partitions were not recomputed
+        assert (out / "embed" / "_done" / name).stat().st_mtime_ns == mtime
+        part = name.replace(".json", ".parquet")
+        assert (out / "embed" / part).stat().st_mtime_ns == parts[part]
+    assert len(list((out / "embed" / "_done").glob("*.json"))) == 12
+    assert embed_table(out).equals(embed_table(tmp_path / "reference"))
+    assert read_manifest(out / "embed")["status"] == "complete" and not list(out.glob("**/.*tmp*"))
