@@ -15,7 +15,7 @@ SET    ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
 SPARK_ENV := SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$(abspath $(BIN))/python PYSPARK_DRIVER_PYTHON=$(abspath $(BIN))/python
 
-.PHONY: help venv demo test test-fast ingest import-datacomp demo-pool basic laion2b align embed train-dfn metaclip score text_based image_based cluster semdedup dbp metadata text-based-metadata filter subset run spark-run bench clean
+.PHONY: help venv demo test test-fast ingest import-datacomp demo-pool basic laion2b align embed train-dfn metaclip score text_based image_based cluster semdedup dbp metadata text-based-metadata filter subset reshard run spark-run bench clean
 
 help:            ## list the targets
 	@grep -E '^[a-z][a-z0-9 -]*:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -81,6 +81,11 @@ train-dfn: $(STAMP)  ## train a DFN (open_clip_train) on TRUSTED (pool or .tar s
 subset: $(STAMP)  ## select SELECT over the stage columns in OUT; write subset/ and subset.npy
 	$(BIN)/curate subset --pool $(POOL) --out $(OUT) --select "$(SELECT)" --engine $(ENGINE)
 
+SHARDS ?= $(OUT)/shards
+RESHARD_ARGS ?=
+reshard: $(STAMP)  ## OUT's selected samples as webdataset tars in SHARDS (RESHARD_ARGS='--shuffle --blur-faces')
+	$(BIN)/curate reshard $(OUT) --pool $(POOL) --out $(SHARDS) --engine $(ENGINE) $(RESHARD_ARGS)
+
 run: $(STAMP)    ## run RECIPE on POOL into OUT
 	$(BIN)/curate run $(RECIPE) --pool $(POOL) --out $(OUT) --engine $(ENGINE) $(SETARGS)
 
@@ -93,6 +98,7 @@ bench: $(STAMP)  ## benchmarks (ratios against baselines measured in the same ru
 	$(BIN)/python bench/bench_metaclip.py
 	$(BIN)/python bench/bench_embed.py
 	$(BIN)/python bench/bench_dedup.py
+	$(BIN)/python bench/bench_reshard.py
 
 clean:           ## remove out/ (not the venv)
 	rm -rf out
