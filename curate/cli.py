@@ -97,13 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
     dfn.add_argument("--lr", type=float, default=TrainSettings.lr, help="peak learning rate, cosine schedule; default %(default)s")
     dfn.add_argument("--device", default="auto", help="auto (cuda when visible), cpu or cuda")
 
-    report = commands.add_parser("report", help="print the summary of a run directory's report.json")
+    report = commands.add_parser("report", help="print the summary of a run directory's report.json; write report.html")
     report.add_argument("run_dir", type=Path)
+    report.add_argument("--no-html", action="store_true", help="only print the summary; skip RUN_DIR/report.html")
+    report.add_argument("--pool", type=Path, default=None, help="pool directory (default: from RUN_DIR/_run.json)")
 
     concepts = commands.add_parser("metaclip-report", help="MetaCLIP entry/concept frequencies of a run directory")
     concepts.add_argument("run_dir", type=Path)
     concepts.add_argument("--pool", type=Path, default=None, help="pool directory (default: from RUN_DIR/_run.json)")
     concepts.add_argument("--concepts", type=Path, default=None, help="concept list, e.g. ImageNet class names")
+
+    reshard = commands.add_parser("reshard", help="write a run's selected samples as webdataset tar shards")
+    reshard.add_argument("run_dir", type=Path, help="run directory (its subset.npy or subset/), or a subset .npy")
+    reshard.add_argument("--pool", type=Path, default=None, help="pool with image bytes (default: from RUN_DIR/_run.json)")
+    reshard.add_argument("--out", type=Path, required=True, help="directory for {:08d}.tar shards; re-running resumes")
+    reshard.add_argument("--shard-size", type=int, default=10000, help="samples per shard; default %(default)s")
+    reshard.add_argument("--shuffle", action="store_true", help="order by a hash of (uid, seed), not the pool's order")
+    reshard.add_argument("--seed", type=int, default=0)
+    reshard.add_argument("--blur-faces", action="store_true", help="blur the face_bboxes boxes (DataComp pools)")
+    _engine_args(reshard)
     return parser
 
 
@@ -151,6 +163,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run_demo(args.out, n=args.n, recipe_path=args.recipe, overrides=args.set, engine=args.engine,
                  workers=args.workers, master=args.master)
+    elif args.command == "reshard":
+        from curate.reshard import ReshardConfig, reshard
+
+        cfg = ReshardConfig(shard_size=args.shard_size, shuffle=args.shuffle, seed=args.seed, blur_faces=args.blur_faces)
+        spark = None
+        if args.engine == "spark":
+            from curate.engines.spark import get_spark
+
+            spark = get_spark(args.master)
+        manifest = reshard(args.run_dir, args.out, cfg, pool=args.pool, engine=args.engine, workers=args.workers, spark=spark)
+        print(json.dumps({key: manifest[key] for key in ("samples", "shards", "successes", "failures", "bytes")}, indent=2))
     elif args.command == "metaclip-report":
         from curate.metaclip_report import run_report
 
@@ -167,6 +190,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from curate.runio import read_json
 
         print(summary(read_json(args.run_dir / "report.json")))
+        if not args.no_html:
+            from curate.html_report import write_html_report
+
+            print(f"wrote {write_html_report(args.run_dir, args.pool)}")
     return 0
 
 
