@@ -9,7 +9,9 @@
    (OUT/trusted, read from disk, no HTTP), open_clip's trainer on it (curate.train_dfn) into
    OUT/dfn/dfn.pt, and point ``embed.pretrained`` at it, so the score stage scores with it;
 5. run the demo recipe (jobs/recipes/demo.yaml) with OUT as the run directory: stage
-   columns under OUT/<stage>/, the subset under OUT/subset/, OUT/subset.npy, OUT/report.json.
+   columns under OUT/<stage>/, the subset under OUT/subset/, OUT/subset.npy, OUT/report.json;
+6. reshard the subset into webdataset shards (OUT/shards), write OUT/report.html and execute
+   notebooks/walkthrough.ipynb on the run (OUT/walkthrough.ipynb, with its outputs).
 
 Each step is skipped when its output is already complete, so a re-run resumes.
 """
@@ -17,6 +19,7 @@ Each step is skipped when its output is already complete, so a re-run resumes.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT = 3.0  # the demo's slow URLs answer after 30 s; img2dataset gives up after this
 TRUSTED_SEED = 1_000_003  # the DFN's trusted set; pools of different seeds share no uid or image
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "walkthrough.ipynb"
 TRUSTED_N = 3000          # its size, whatever the pool's: more trusted pairs beat more epochs (below)
 
 
@@ -104,6 +108,45 @@ def run_demo(out_dir: Path = Path("out/demo"), *, n: int = 3000, seed: int = 0, 
         checkpoint = prepare_dfn(out_dir)
         recipe = load_recipe(recipe_path, [f"embed.pretrained={checkpoint}", *overrides])
     report = run_recipe(recipe, out_dir / "pool", out_dir, engine=engine, workers=workers, master=master)
-    log.info("demo finished in %.1fs: %s, %s, %s", time.perf_counter() - started,
-             out_dir / "subset", out_dir / "subset.npy", out_dir / "report.json")
+    outputs = training_outputs(out_dir, engine, workers, master)
+    log.info("demo finished in %.1fs: %s, %s, %s, %s", time.perf_counter() - started, out_dir / "subset",
+             out_dir / "subset.npy", out_dir / "report.json", ", ".join(map(str, outputs)))
     return report
+
+
+def training_outputs(out_dir: Path, engine: str, workers: int | None, master: str | None) -> list[Path]:
+    """What follows a run: the subset as webdataset shards, the HTML report, the walkthrough
+    notebook executed on the run (when nbclient is installed: the test extra, which make installs)."""
+    from curate.html_report import write_html_report
+    from curate.reshard import ReshardConfig, reshard
+
+    spark = None
+    if engine == "spark":
+        from curate.engines.spark import get_spark
+
+        spark = get_spark(master)
+    reshard(out_dir, out_dir / "shards", ReshardConfig(shard_size=1000), engine=engine, workers=workers, spark=spark)
+    outputs = [out_dir / "shards", write_html_report(out_dir)]
+    notebook = execute_notebook(NOTEBOOK, out_dir)
+    return outputs + ([notebook] if notebook else [])
+
+
+def execute_notebook(notebook: Path, run_dir: Path) -> Path | None:
+    """Run the notebook top to bottom on run_dir (CURATE_RUN); save it with its outputs beside the run."""
+    try:
+        import nbclient
+        import nbformat
+    except ImportError:
+        log.warning("nbclient not installed (pip install -e '.[test]'): %s not executed", notebook.name)
+        return None
+    target = run_dir / notebook.name
+    cells = nbformat.read(notebook, as_version=4)
+    previous = os.environ.get("CURATE_RUN")
+    os.environ["CURATE_RUN"] = str(run_dir.resolve())  # the kernel inherits the environment
+    try:
+        nbclient.NotebookClient(cells, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": str(notebook.parents[1])}}).execute()
+    finally:
+        os.environ.pop("CURATE_RUN") if previous is None else os.environ.update(CURATE_RUN=previous)
+    nbformat.write(cells, target)
+    return target
