@@ -8,6 +8,11 @@ Joins the pool with every stage's columns by uid, keeps the rows where the recip
 
 The subset is a pure function of the stage outputs and the expression, so changing the
 expression re-selects without recomputing any stage.
+
+Decision (NaN): while ``select`` is evaluated, NaN in a float column counts as NULL, so
+``score_clip >= 0.3`` is never true for a NaN score (a sample whose image failed to
+embed). Left alone, polars and Spark both order NaN above every number and would select
+it; DataComp drops such samples. The written rows keep their NaN values unchanged.
 """
 
 from __future__ import annotations
@@ -93,16 +98,37 @@ def _subset_partition(task: tuple) -> dict:
             if field.name != "uid":
                 table = table.append_column(field, column)
     check_select(select, table.column_names)
-    selected = pl.from_arrow(table).filter(pl.sql_expr(select)).to_arrow()
+    selected = pl.from_arrow(table).filter(_select_mask(pl.from_arrow(table), select)).to_arrow()
     atomic_write_table(selected.cast(table.schema), out_dir / SUBSET / f"{shard.part}.parquet")
     stats = {"part": shard.part, "rows": selected.num_rows, "rows_in": table.num_rows}
     mark_done(out_dir / SUBSET, shard.part, stats)
     return stats
 
 
-def run_subset_spark(pool_dir: Path, out_dir: Path, stage_names: list[str], select: str, *, spark) -> dict:
-    from pyspark.sql import functions as F
+def _select_mask(frame: pl.DataFrame, select: str) -> pl.Series:
+    """The select expression's value per row, NaN read as NULL (see the module docstring)."""
+    import polars.selectors as cs
 
+    nulled = frame.with_columns(cs.float().fill_nan(None))
+    return nulled.with_columns(pl.sql_expr(select).fill_null(False).alias("__curate_mask"))["__curate_mask"]
+
+
+def _spark_filter(frame, select: str):
+    """``frame.filter(select)`` with NaN read as NULL in float columns; the rows keep their NaN."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import DoubleType, FloatType
+
+    floats = [f for f in frame.schema.fields if isinstance(f.dataType, (FloatType, DoubleType))]
+    if not floats:
+        return frame.filter(F.expr(select))
+    saved = {f"__curate_nan_{i}": F.col(f.name) for i, f in enumerate(floats)}
+    nulled = frame.withColumns(saved).withColumns(
+        {f.name: F.nanvl(F.col(f.name), F.lit(None).cast(f.dataType)) for f in floats})
+    kept = nulled.filter(F.expr(select))
+    return kept.withColumns({f.name: F.col(f"__curate_nan_{i}") for i, f in enumerate(floats)}).drop(*saved)
+
+
+def run_subset_spark(pool_dir: Path, out_dir: Path, stage_names: list[str], select: str, *, spark) -> dict:
     from curate.engines import spark as spark_engine
 
     fingerprint = _fingerprint(select, out_dir, stage_names)
@@ -115,7 +141,7 @@ def run_subset_spark(pool_dir: Path, out_dir: Path, stage_names: list[str], sele
         for name in stage_names:
             frame = frame.join(spark_engine.read_parts(spark, out_dir / name), on="uid", how="left")
         check_select(select, frame.columns)
-        rows = spark_engine.write_parts(frame.filter(F.expr(select)), subset_dir)
+        rows = spark_engine.write_parts(_spark_filter(frame, select), subset_dir)
         write_manifest(subset_dir, stage=SUBSET, status="complete", fingerprint=fingerprint, select=select,
                        stages=stage_names, engine="spark", layout=spark_engine.LAYOUT, rows=rows, rows_in=rows_in)
     return finish(out_dir)

@@ -9,13 +9,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from curate import pipeline
 from curate.recipe import load_recipe, parse_recipe
 from curate.runio import read_manifest
-from tests.conftest import write_pool
+from curate.subset import run_subset_local, run_subset_spark
+from tests.conftest import make_rows, write_pool
 
 BIN = Path(sys.executable).parent
 
@@ -135,6 +137,36 @@ def test_local_engine_refuses_to_continue_a_spark_run_directory(tiny_pool, tmp_p
     out = tmp_path / "out"
     run_align(tiny_pool, out, engine="spark", spark=spark)
     recipe = parse_recipe({"stages": {"align": {}}, "select": "align_keep"}, "t")
-    from curate.subset import run_subset_local
     with pytest.raises(Exception, match="row-aligned|spark engine"):
         run_subset_local(tiny_pool, out, ["align"], recipe.select, workers=1)
+
+
+def _pool_with_scores(directory: Path) -> Path:
+    """Two shards with a float column holding NaN: the select must not keep NaN rows."""
+    directory.mkdir(parents=True)
+    scores = [[0.9, float("nan"), 0.1, 0.5], [float("nan"), 0.7, None, 0.3]]
+    for index, values in enumerate(scores):
+        rows = make_rows(len(values), offset=index * 4)
+        rows["score"] = values
+        pq.write_table(pa.table(rows), directory / f"{index:05d}.parquet")
+    return directory
+
+
+@pytest.mark.parametrize("engine", ["local", pytest.param("spark", marks=pytest.mark.spark)])
+def test_select_reads_nan_as_null_and_keeps_nan_in_the_rows(tmp_path, engine, request):
+    pool = _pool_with_scores(tmp_path / "pool")
+    out = tmp_path / "out"
+    if engine == "local":
+        run_subset_local(pool, out, [], "score >= 0.5", workers=1)
+    else:
+        run_subset_spark(pool, out, [], "score >= 0.5", spark=request.getfixturevalue("spark"))
+    kept = pq.read_table(sorted((out / "subset").glob("part-*.parquet"))).sort_by("score")
+    assert kept.column("score").to_pylist() == [0.5, 0.7, 0.9]
+    # NOT (score >= 0.5): NaN is NULL, so NOT NULL is NULL, not true; the rows keep NaN otherwise
+    shutil.rmtree(out)
+    if engine == "local":
+        run_subset_local(pool, out, [], "score < 0.5 OR score IS NULL", workers=1)
+    else:
+        run_subset_spark(pool, out, [], "score < 0.5 OR score IS NULL", spark=request.getfixturevalue("spark"))
+    kept = pq.read_table(sorted((out / "subset").glob("part-*.parquet"))).column("score").to_pylist()
+    assert len(kept) == 5 and sum(v != v for v in kept if v is not None) == 2 and None in kept
