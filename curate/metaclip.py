@@ -36,12 +36,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.metaclip_match import Matcher, load_metadata
+from curate.resources import metadata_path, missing_metadata
 from curate.stage import Fit, Stage
 from curate.uid import uid_uniform
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METADATA = str(Path(__file__).resolve().parent.parent / "metadata" / "entries.json.gz")
+DEFAULT_METADATA = metadata_path("entries.json.gz")
 COUNT_SCHEMA = pa.schema([("entry_id", pa.int64()), ("n_texts", pa.int64())])
 ARTIFACT_SCHEMA = pa.schema([("entry_id", pa.int32()), ("entry", pa.string()), ("count", pa.int64()),
                              ("p", pa.float64())])
@@ -129,6 +130,8 @@ def apply(table: pa.Table, cfg: MetaclipConfig, artifact: pa.Table | None) -> pa
 
 def describe(cfg: MetaclipConfig) -> dict:
     """The metadata file's content hash: editing the list in place re-runs the stage."""
+    if not Path(cfg.metadata).is_file():
+        raise FileNotFoundError(missing_metadata(cfg.metadata))
     digest = hashlib.sha256()
     with open(cfg.metadata, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -45,10 +45,11 @@ import numpy as np
 import pyarrow as pa
 
 from curate.langid import fasttext_top1
+from curate.resources import metadata_path, missing_metadata
 from curate.rules import decide, is_null
 from curate.stage import Stage
 
-DEFAULT_TABLE = str(Path(__file__).resolve().parent.parent / "metadata" / "text_based.json.gz")
+DEFAULT_TABLE = metadata_path("text_based.json.gz")
 PARTS_OF_SPEECH = ("n", "v", "a", "r")  # nltk's POS_LIST order
 MAX_TOKEN = 200
 # WordNet's morphy detachment rules, in nltk 3.8.1's order (MORPHOLOGICAL_SUBSTITUTIONS)
@@ -118,6 +119,8 @@ class WordNetLookup:
 @functools.cache
 def load_table(path: str) -> tuple[WordNetLookup, frozenset[int]]:
     """The lookup and the ImageNet-21k offsets; the wnid list must be DataComp's, byte for byte."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(missing_metadata(path))
     with gzip.open(path, "rt", encoding="ascii") as handle:
         table = json.load(handle)
     wnids = table["imagenet21k"]
