@@ -177,6 +177,10 @@ def summary(report: dict[str, Any]) -> str:
             info = truth["download"]
             lines.append(f"  ground truth download: precision {info['precision']}, recall {info['recall']} of {info['targets']}")
         for name, info in truth["stages"].items():
+            if not info["targets"]:  # no planted defect is this stage's own (metaclip, dbp; semdedup's pairs below)
+                lines.append(f"  ground truth {name}: no planted defect is its target; "
+                             f"{info['precision']} of the rows it removes carry one")
+                continue
             versus = info.get("precision_vs_clean")
             lines.append(f"  ground truth {name}: precision {info['precision']}, recall {info['recall']} of {info['targets']}"
                          + (f"; vs clean rows: precision {versus}" if versus is not None else ""))
