@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -196,9 +197,10 @@ def run_trainer(args: list[str], log_path: Path, epochs: int) -> float | None:
     """Run open_clip_train in a subprocess; log epochs; on failure raise with the log's tail."""
     command = [sys.executable, "-m", "curate.train_dfn", *args]
     loss = None
-    with open(log_path, "w") as log_file:
+    # the trainer imports wandb, which leaves temporary directories behind: give it its own TMPDIR
+    with open(log_path, "w") as log_file, tempfile.TemporaryDirectory(prefix="curate-train-dfn-") as scratch:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   env=models.openmp_env(os.environ))
+                                   env={**models.openmp_env(os.environ), "TMPDIR": scratch})
         for line in process.stdout:
             log_file.write(line)
             if match := re.search(r"Train Epoch: (\d+) .*\(100%\).*Loss: [\d.]+ \(([\d.]+)\)", line):
