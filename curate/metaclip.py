@@ -49,6 +49,7 @@ ARTIFACT_SCHEMA = pa.schema([("entry_id", pa.int32()), ("entry", pa.string()), (
 ADDS = pa.schema([("metaclip_entries", pa.list_(pa.int32())), ("metaclip_keep", pa.bool_()),
                   ("metaclip_reason", pa.string()), ("metaclip_p", pa.float64())])
 
+CARRIED = "_carry_metaclip_entries"  # the fit's matches, handed to apply by the local engine
 _MATCHERS: dict[tuple, Matcher] = {}
 
 
@@ -73,7 +74,18 @@ def matcher(path: str) -> Matcher:
 
 def entry_counts(table: pa.Table, cfg: MetaclipConfig, previous: pa.Table | None = None) -> pa.Table:
     """Partial: per entry id, how many texts of this batch match it."""
-    ids = matcher(cfg.metadata).match(table.column("text")).flatten().to_numpy()
+    return _counts(matcher(cfg.metadata).match(table.column("text")))
+
+
+def counts_and_matches(table: pa.Table, cfg: MetaclipConfig, previous: pa.Table | None = None) -> tuple[pa.Table, pa.Table]:
+    """``entry_counts`` plus the matches themselves, carried to ``apply`` so the local engine
+    matches each caption once instead of twice (Fit.partial_carry)."""
+    matches = matcher(cfg.metadata).match(table.column("text"))
+    return _counts(matches), pa.table({CARRIED: matches})
+
+
+def _counts(matches: pa.Array) -> pa.Table:
+    ids = matches.flatten().to_numpy()
     counts = np.bincount(ids, minlength=0) if ids.size else np.zeros(0, dtype=np.int64)
     matched = np.flatnonzero(counts)
     return pa.table({"entry_id": matched.astype(np.int64), "n_texts": counts[matched].astype(np.int64)},
@@ -114,11 +126,14 @@ def apply(table: pa.Table, cfg: MetaclipConfig, artifact: pa.Table | None) -> pa
     if artifact is None:
         raise RuntimeError("metaclip: the entry counts were not fitted; run the stage through an engine")
     text = table.column("text")
-    matches = matcher(cfg.metadata).match(text)
     p = artifact.column("p").to_numpy()
-    if len(p) != matcher(cfg.metadata).size:
-        raise RuntimeError(f"metaclip: the fitted counts have {len(p)} entries, {cfg.metadata} has "
-                           f"{matcher(cfg.metadata).size}; the metadata changed since the fit")
+    if CARRIED in table.column_names:  # matched during the fit (the metadata's hash is in the fingerprint)
+        matches = table.column(CARRIED).combine_chunks()
+    else:
+        matches = matcher(cfg.metadata).match(text)
+        if len(p) != matcher(cfg.metadata).size:
+            raise RuntimeError(f"metaclip: the fitted counts have {len(p)} entries, {cfg.metadata} has "
+                               f"{matcher(cfg.metadata).size}; the metadata changed since the fit")
     probability = keep_probability(matches, p)
     keep = uid_uniform(table.column("uid"), cfg.seed, "metaclip") < probability
     no_text = np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False), dtype=bool)
@@ -145,7 +160,7 @@ STAGE = Stage(
     reads=lambda cfg: ("uid", "text"),
     adds=ADDS,
     apply=apply,
-    fit=Fit(partial=entry_counts, keys=("entry_id",), finalize=balance),
+    fit=Fit(partial=entry_counts, keys=("entry_id",), finalize=balance, partial_carry=counts_and_matches),
     summary="MetaCLIP: substring-match a metadata entry list, count per entry, balance to t per entry",
     describe=describe,
 )

@@ -15,6 +15,13 @@ A stage is data, not a class hierarchy:
   A fit of ``passes`` > 1 repeats this: pass k's partial and finalize receive pass k-1's
   artifact as ``previous`` (None on the first pass), e.g. a coarse then a fine histogram
   to find an exact quantile with memory independent of the pool size.
+  ``partial_carry`` (optional) is the same partial that also returns per-row columns the
+  apply can reuse instead of recomputing them, row-aligned with the batch and named
+  ``_carry_<...>`` (e.g. MetaCLIP's matches: matching is the expensive part of both). The
+  local engine keeps them in OUT/<stage>/_carry/ from the last fit pass to the apply and
+  deletes them when the stage completes; ``apply`` sees them as extra input columns. They
+  are an optimisation only: ``apply`` must give the same result without them (the Spark
+  engine, or a partition whose carry file is missing).
 - ``group_by`` (optional): per-group work (e.g. per k-means cluster). ``group_by(table, cfg,
   artifact)`` gives each input row's int64 group key (null: the row takes part in no group);
   ``apply`` is then called once per group with ALL of that group's rows (in no defined order),
@@ -41,6 +48,9 @@ from typing import Any, Callable
 import pyarrow as pa
 
 
+CARRY_PREFIX = "_carry_"
+
+
 class RecipeError(ValueError):
     """A bad recipe or stage configuration: unknown stage, unknown key, wrong type."""
 
@@ -52,6 +62,8 @@ class Fit:
     finalize: Callable[[pa.Table, Any, pa.Table | None], pa.Table]   # (merged, cfg, previous)
     having: Callable[[Any], str | None] = lambda cfg: None
     passes: int = 1
+    # (batch, cfg, previous) -> (partial, carried columns row-aligned with the batch)
+    partial_carry: Callable[[pa.Table, Any, pa.Table | None], tuple[pa.Table, pa.Table]] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,8 +82,10 @@ class Stage:
     artifact_name: str | None = None  # also publish the fitted artifact as OUT/<stage>/<this name>
 
     def input_columns(self, table: pa.Table, cfg: Any) -> pa.Table:
-        """The columns ``apply`` sees: ``reads(cfg)``, with ``dir:column`` sidecar reads as ``column``."""
-        return table.select([spec.rpartition(":")[2] for spec in self.reads(cfg)])
+        """The columns ``apply`` sees: ``reads(cfg)``, with ``dir:column`` sidecar reads as
+        ``column``, and any ``_carry_*`` columns the engine attached (see ``Fit.partial_carry``)."""
+        carried = [name for name in table.column_names if name.startswith(CARRY_PREFIX)]
+        return table.select([spec.rpartition(":")[2] for spec in self.reads(cfg)] + carried)
 
     def output_schema(self) -> pa.Schema:
         return pa.schema([pa.field("uid", pa.string(), nullable=False), *self.adds])

@@ -198,3 +198,43 @@ def test_editing_the_metadata_in_place_reruns_the_stage(tmp_path):
     captions = pq.read_table(pool_dir / "00000.parquet").column("text").to_pylist()
     matched = [1 in ids for ids in output.column("metaclip_entries").to_pylist()]
     assert matched == [" circle " in f" {text} " for text in captions] and any(matched)
+
+
+def test_local_engine_matches_each_caption_once_and_falls_back_without_the_carry(tmp_path, metadata, monkeypatch):
+    """The fit's matches are carried to the apply (Fit.partial_carry): one match pass, not two;
+    a partition whose carry file is gone is matched again, with the same result."""
+    from curate.metaclip_match import Matcher
+
+    pool_dir = write_pool(tmp_path / "pool", [300, 0, 250, 450])
+    calls = []
+    original = Matcher.match
+    monkeypatch.setattr(Matcher, "match", lambda self, texts: calls.append(len(texts)) or original(self, texts))
+    recipe = parse_recipe({"stages": {"metaclip": {"metadata": metadata, "t": 20}}, "select": "metaclip_keep"}, "t")
+    cfg = recipe.stages[0][1]
+    pipeline.run_stage("metaclip", cfg, pool_dir, tmp_path / "out", engine="local", workers=1)  # in this process
+    assert sorted(calls) == [0, 250, 300, 450]  # the fit only
+    assert not (tmp_path / "out" / "metaclip" / "_carry").exists()
+    reference = stage_table(tmp_path / "out")
+    expected = pa.concat_tables([STAGE.run_apply(pq.read_table(p, columns=["uid", "text"]), cfg,
+                                                 pq.read_table(tmp_path / "out" / "metaclip" / "_artifact.parquet"))
+                                 for p in sorted(pool_dir.glob("*.parquet"))]).sort_by("uid")
+    assert reference.equals(expected)  # carried matches give what matching in apply gives
+
+    # a run killed after the fit: two partitions to redo, one carry file lost
+    stage_dir = tmp_path / "out" / "metaclip"
+    manifest = json.loads((stage_dir / "_manifest.json").read_text())
+    manifest["status"] = "running"
+    (stage_dir / "_manifest.json").write_text(json.dumps(manifest))
+    for part in ("part-00002", "part-00003"):
+        (stage_dir / f"{part}.parquet").unlink()
+        next((stage_dir / "_done").glob(f"{part}*")).unlink()
+    (stage_dir / "_carry").mkdir()
+    carried = pq.read_table(pool_dir / "00002.parquet", columns=["uid"])
+    matches = STAGE.fit.partial_carry(pq.read_table(pool_dir / "00002.parquet", columns=["uid", "text"]), cfg, None)[1]
+    pq.write_table(pa.Table.from_arrays([carried.column("uid"), *matches.columns],
+                                        names=["uid", *matches.column_names]), stage_dir / "_carry" / "part-00002.parquet")
+    calls.clear()
+    pipeline.run_stage("metaclip", cfg, pool_dir, tmp_path / "out", engine="local", workers=1)
+    assert calls == [450]  # part-00003 lost its carry: matched again; part-00002 used its carry
+    assert stage_table(tmp_path / "out").equals(reference)
+    assert not (stage_dir / "_carry").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -25,12 +26,13 @@ from tqdm import tqdm
 from curate.engines import plan as planning
 from curate.pool import Shard, read_shard, scan_shards
 from curate.runio import atomic_write_table, done_stats, is_done, mark_done, read_manifest, write_manifest
-from curate.stage import RecipeError, Stage
+from curate.stage import CARRY_PREFIX, RecipeError, Stage
 from curate.stages import get_stage
 
 log = logging.getLogger(__name__)
 
 LAYOUT = "pool-shards"
+CARRY_DIR = "_carry"  # OUT/<stage>/_carry/: Fit.partial_carry columns, fit -> apply, then deleted
 
 
 def default_workers() -> int:
@@ -60,9 +62,11 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, workers:
         _map(_apply_partition, tasks, workers, f"{stage.name}")
     stats = done_stats(plan.stage_dir)
     rows = sum(s["rows"] for s in stats)
-    return write_manifest(plan.stage_dir, **planning.manifest_fields(
+    manifest = write_manifest(plan.stage_dir, **planning.manifest_fields(
         plan, "local", LAYOUT, "complete", rows=rows, partitions=len(stats), artifact_rows=artifact_rows,
         seconds_last_run=round(time.perf_counter() - started, 3)))
+    shutil.rmtree(plan.stage_dir / CARRY_DIR, ignore_errors=True)
+    return manifest
 
 
 def _fit(plan: planning.Plan, shards: list[Shard], out_dir: Path, workers: int) -> int:
@@ -70,7 +74,9 @@ def _fit(plan: planning.Plan, shards: list[Shard], out_dir: Path, workers: int) 
     if artifact is None:
         fit = plan.stage.fit
         for number in range(fit.passes):
-            tasks = [(plan.stage.name, plan.cfg, shard, plan.sources, plan.source_dirs, artifact) for shard in shards]
+            carry = plan.stage_dir / CARRY_DIR if fit.partial_carry and number == fit.passes - 1 else None
+            tasks = [(plan.stage.name, plan.cfg, shard, plan.sources, plan.source_dirs, artifact, carry)
+                     for shard in shards]
             partials = _map(_partial_partition, tasks, workers, f"{plan.stage.name} fit {number + 1}/{fit.passes}")
             merged = merge_partials(partials, fit.keys, fit.having(plan.cfg))
             artifact = fit.finalize(merged, plan.cfg, artifact)
@@ -123,10 +129,33 @@ def read_inputs(shard: Shard, sources: dict[str, list[str]], source_dirs: dict[s
 
 
 def _partial_partition(task: tuple) -> pa.Table:
-    stage_name, cfg, shard, sources, source_dirs, previous = task
+    stage_name, cfg, shard, sources, source_dirs, previous, carry_dir = task
     stage = get_stage(stage_name)
     table = read_inputs(shard, sources, source_dirs)
-    return stage.fit.partial(stage.input_columns(table, cfg), cfg, previous)
+    if carry_dir is None:
+        return stage.fit.partial(stage.input_columns(table, cfg), cfg, previous)
+    partial, carried = stage.fit.partial_carry(stage.input_columns(table, cfg), cfg, previous)
+    if carried.num_rows != table.num_rows or not all(n.startswith(CARRY_PREFIX) for n in carried.column_names):
+        raise RuntimeError(f"stage {stage_name}: partial_carry must return {table.num_rows} rows of "
+                           f"{CARRY_PREFIX}* columns, got {carried.num_rows} of {carried.column_names}")
+    atomic_write_table(carried.add_column(0, "uid", table.column("uid")), carry_dir / f"{shard.part}.parquet")
+    return partial
+
+
+def read_carry(stage_dir: Path, shard: Shard, table: pa.Table) -> pa.Table:
+    """``table`` plus the columns the fit carried for this partition, when they are there and
+    row-aligned with it; otherwise ``table`` unchanged (apply then recomputes them)."""
+    path = stage_dir / CARRY_DIR / f"{shard.part}.parquet"
+    if not path.is_file():
+        return table
+    carried = pq.read_table(path)
+    if not carried.column("uid").equals(table.column("uid")):
+        log.warning("%s: not row-aligned with %s; ignoring it", path, shard.path)
+        return table
+    for field, column in zip(carried.schema, carried.columns):
+        if field.name != "uid":
+            table = table.append_column(field, column)
+    return table
 
 
 def _apply_partition(task: tuple) -> dict:
@@ -135,6 +164,8 @@ def _apply_partition(task: tuple) -> dict:
     stage_dir = out_dir / stage_name
     started = time.perf_counter()
     table = read_inputs(shard, sources, source_dirs)
+    if stage.fit is not None and stage.fit.partial_carry is not None:
+        table = read_carry(stage_dir, shard, table)
     output = stage.run_apply(table, cfg, planning.load_artifact(stage_dir))
     atomic_write_table(output, stage_dir / f"{shard.part}.parquet")
     stats = {"part": shard.part, "source": str(shard.path), "rows": output.num_rows,

@@ -121,6 +121,7 @@ def prepare_stage_dir(plan: Plan) -> bool:
     """Clear a stale stage directory. Returns True if the stage is already complete."""
     remove_temporaries(plan.stage_dir)
     remove_temporaries(plan.stage_dir / "_done")
+    remove_temporaries(plan.stage_dir / "_carry")
     manifest = read_manifest(plan.stage_dir)
     if manifest is None:
         if plan.stage_dir.exists():
