@@ -231,8 +231,10 @@ def test_local_engine_matches_each_caption_once_and_falls_back_without_the_carry
     (stage_dir / "_carry").mkdir()
     carried = pq.read_table(pool_dir / "00002.parquet", columns=["uid"])
     matches = STAGE.fit.partial_carry(pq.read_table(pool_dir / "00002.parquet", columns=["uid", "text"]), cfg, None)[1]
-    pq.write_table(pa.Table.from_arrays([carried.column("uid"), *matches.columns],
-                                        names=["uid", *matches.column_names]), stage_dir / "_carry" / "part-00002.parquet")
+    with pa.OSFile(str(stage_dir / "_carry" / "part-00002.arrow"), "wb") as sink:
+        table = pa.Table.from_arrays([carried.column("uid"), *matches.columns], names=["uid", *matches.column_names])
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
     calls.clear()
     pipeline.run_stage("metaclip", cfg, pool_dir, tmp_path / "out", engine="local", workers=1)
     assert calls == [450]  # part-00003 lost its carry: matched again; part-00002 used its carry

@@ -69,7 +69,7 @@ def _scatter(task: tuple) -> int:
 
     stage_name, cfg, index, shard, sources, source_dirs, out_dir, buckets = task
     stage, shuffle = get_stage(stage_name), out_dir / stage_name / SHUFFLE
-    artifact = planning.load_artifact(out_dir / stage_name)
+    artifact = planning.cached_artifact(out_dir / stage_name)
     table = read_inputs(shard, sources, source_dirs)
     keys = pa.chunked_array([stage.group_by(stage.input_columns(table, cfg), cfg, artifact)]).cast(pa.int64())
     rows = pa.array(np.arange(table.num_rows, dtype=np.int64))
@@ -89,7 +89,7 @@ def _scatter(task: tuple) -> int:
 def _process_bucket(task: tuple) -> int:
     stage_name, cfg, out_dir, bucket_dir, parts = task
     stage = get_stage(stage_name)
-    artifact = planning.load_artifact(out_dir / stage_name)
+    artifact = planning.cached_artifact(out_dir / stage_name)
     table = pa.concat_tables([pq.read_table(path) for path in sorted(Path(bucket_dir).glob("*.parquet"))])
     table = table.sort_by([(KEY, "ascending"), (SHARD, "ascending"), (ROW, "ascending")])
     keys = table.column(KEY).to_numpy()

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -50,16 +51,17 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, workers:
     workers = workers or default_workers()
     if stage.max_workers is not None:  # e.g. a model stage: one process, torch threads use the cores
         workers = max(1, min(workers, stage.max_workers(cfg)))
-    artifact_rows = _fit(plan, shards, out_dir, workers) if stage.fit else None
-    tasks = [(stage.name, cfg, shard, plan.sources, plan.source_dirs, out_dir) for shard in shards
-             if not is_done(plan.stage_dir, shard.part, plan.stage_dir / f"{shard.part}.parquet")]
     started = time.perf_counter()
-    if stage.group_by is not None and tasks:
-        from curate.engines.groups import run_groups
+    with shared_workers(workers):  # the fit's worker processes (and what they loaded) do the apply too
+        artifact_rows = _fit(plan, shards, out_dir, workers) if stage.fit else None
+        tasks = [(stage.name, cfg, shard, plan.sources, plan.source_dirs, out_dir) for shard in shards
+                 if not is_done(plan.stage_dir, shard.part, plan.stage_dir / f"{shard.part}.parquet")]
+        if stage.group_by is not None and tasks:
+            from curate.engines.groups import run_groups
 
-        run_groups(plan, shards, out_dir, workers, _map)  # per-group apply: a bounded shuffle
-    else:
-        _map(_apply_partition, tasks, workers, f"{stage.name}")
+            run_groups(plan, shards, out_dir, workers, _map)  # per-group apply: a bounded shuffle
+        else:
+            _map(_apply_partition, tasks, workers, f"{stage.name}")
     stats = done_stats(plan.stage_dir)
     rows = sum(s["rows"] for s in stats)
     manifest = write_manifest(plan.stage_dir, **planning.manifest_fields(
@@ -94,12 +96,34 @@ def merge_partials(partials: list[pa.Table], keys: tuple[str, ...], having: str 
     return merged.to_arrow().cast(partials[0].schema)
 
 
+_SHARED: dict[str, Any] = {}
+
+
+@contextmanager
+def shared_workers(workers: int):
+    """Within this block, ``_map`` calls with this many workers share one process pool, started
+    on first use: the processes start (and load models or entry lists) once per stage, not once
+    per fit pass and again for the apply."""
+    _SHARED.update(workers=workers, executor=None)
+    try:
+        yield
+    finally:
+        executor = _SHARED.get("executor")
+        _SHARED.clear()
+        if executor is not None:
+            executor.shutdown()
+
+
 def _map(function: Callable, tasks: list, workers: int, label: str) -> list:
     if not tasks:
         return []
     progress = tqdm(total=len(tasks), desc=label, unit="part", disable=None)
     if workers <= 1 or len(tasks) == 1:
         results = [_tick(function(task), progress) for task in tasks]
+    elif _SHARED.get("workers") == workers:
+        if _SHARED["executor"] is None:
+            _SHARED["executor"] = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        results = [_tick(result, progress) for result in _SHARED["executor"].map(function, tasks)]
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as executor:
@@ -138,17 +162,29 @@ def _partial_partition(task: tuple) -> pa.Table:
     if carried.num_rows != table.num_rows or not all(n.startswith(CARRY_PREFIX) for n in carried.column_names):
         raise RuntimeError(f"stage {stage_name}: partial_carry must return {table.num_rows} rows of "
                            f"{CARRY_PREFIX}* columns, got {carried.num_rows} of {carried.column_names}")
-    atomic_write_table(carried.add_column(0, "uid", table.column("uid")), carry_dir / f"{shard.part}.parquet")
+    _write_ipc(carried.add_column(0, "uid", table.column("uid")), carry_dir / f"{shard.part}.arrow")
     return partial
+
+
+def _write_ipc(table: pa.Table, path: Path) -> None:
+    """Scratch data read back once by this engine: Arrow IPC, uncompressed, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_carry(stage_dir: Path, shard: Shard, table: pa.Table) -> pa.Table:
     """``table`` plus the columns the fit carried for this partition, when they are there and
     row-aligned with it; otherwise ``table`` unchanged (apply then recomputes them)."""
-    path = stage_dir / CARRY_DIR / f"{shard.part}.parquet"
+    path = stage_dir / CARRY_DIR / f"{shard.part}.arrow"
     if not path.is_file():
         return table
-    carried = pq.read_table(path)
+    carried = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
     if not carried.column("uid").equals(table.column("uid")):
         log.warning("%s: not row-aligned with %s; ignoring it", path, shard.path)
         return table
@@ -166,7 +202,7 @@ def _apply_partition(task: tuple) -> dict:
     table = read_inputs(shard, sources, source_dirs)
     if stage.fit is not None and stage.fit.partial_carry is not None:
         table = read_carry(stage_dir, shard, table)
-    output = stage.run_apply(table, cfg, planning.load_artifact(stage_dir))
+    output = stage.run_apply(table, cfg, planning.cached_artifact(stage_dir))
     atomic_write_table(output, stage_dir / f"{shard.part}.parquet")
     stats = {"part": shard.part, "source": str(shard.path), "rows": output.num_rows,
              "seconds": round(time.perf_counter() - started, 3)}

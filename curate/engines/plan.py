@@ -158,9 +158,27 @@ def save_artifact(plan: Plan, artifact: pa.Table) -> None:
         atomic_write_table(artifact, plan.stage_dir / plan.stage.artifact_name)
 
 
+_ARTIFACTS: dict[tuple, pa.Table] = {}
+
+
 def load_artifact(stage_dir: Path) -> pa.Table | None:
     path = stage_dir / ARTIFACT
     return pq.read_table(path) if path.exists() else None
+
+
+def cached_artifact(stage_dir: Path) -> pa.Table | None:
+    """``load_artifact``, read once per process while the file is unchanged (the apply of every
+    partition a worker runs needs it; an entry list's artifact is 500k rows)."""
+    path = stage_dir / ARTIFACT
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _ARTIFACTS:
+        _ARTIFACTS.clear()
+        _ARTIFACTS[key] = pq.read_table(path)
+    return _ARTIFACTS[key]
 
 
 def empty_input(plan: Plan, shards: list[Shard], out_dir: Path) -> pa.Table:
