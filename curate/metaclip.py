@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.metaclip_match import Matcher, load_metadata
-from curate.resources import metadata_path, missing_metadata
+from curate.resources import metadata_path, missing_metadata, resolve_metadata
 from curate.stage import Fit, Stage
 from curate.uid import uid_uniform
 
@@ -56,7 +56,9 @@ _MATCHERS: dict[tuple, Matcher] = {}
 @dataclass(frozen=True, kw_only=True)
 class MetaclipConfig:
     # Defaults: MetaCLIP (Xu et al. 2023): t = 20,000 for a 400M pool (170,000 for 2.5B).
-    metadata: str = DEFAULT_METADATA  # JSON list of strings (.json/.json.gz) or one entry per line
+    # JSON list of strings (.json/.json.gz) or one entry per line; a bare file name that is not
+    # a file in the working directory is looked up among the shipped metadata (curate.resources)
+    metadata: str = DEFAULT_METADATA
     t: int = 20000                    # per-entry cap: p[e] = min(1, t / count[e])
     seed: int = 0                     # the recipe's seed; uid-hashed sampling
 
@@ -74,13 +76,13 @@ def matcher(path: str) -> Matcher:
 
 def entry_counts(table: pa.Table, cfg: MetaclipConfig, previous: pa.Table | None = None) -> pa.Table:
     """Partial: per entry id, how many texts of this batch match it."""
-    return _counts(matcher(cfg.metadata).match(table.column("text")))
+    return _counts(matcher(resolve_metadata(cfg.metadata)).match(table.column("text")))
 
 
 def counts_and_matches(table: pa.Table, cfg: MetaclipConfig, previous: pa.Table | None = None) -> tuple[pa.Table, pa.Table]:
     """``entry_counts`` plus the matches themselves, carried to ``apply`` so the local engine
     matches each caption once instead of twice (Fit.partial_carry)."""
-    matches = matcher(cfg.metadata).match(table.column("text"))
+    matches = matcher(resolve_metadata(cfg.metadata)).match(table.column("text"))
     return _counts(matches), pa.table({CARRIED: matches})
 
 
@@ -102,7 +104,7 @@ def balance(merged: pa.Table, cfg: MetaclipConfig, previous: pa.Table | None = N
     """Finalize: the pool-wide count and p of every entry, in id order."""
     if cfg.t < 1:
         raise ValueError(f"metaclip.t must be >= 1, got {cfg.t}")
-    entries = load_metadata(cfg.metadata)
+    entries = load_metadata(resolve_metadata(cfg.metadata))
     counts = np.zeros(len(entries), dtype=np.int64)
     counts[merged.column("entry_id").to_numpy()] = merged.column("n_texts").to_numpy()
     return pa.table({"entry_id": np.arange(len(entries), dtype=np.int32), "entry": pa.array(entries, pa.string()),
@@ -130,10 +132,10 @@ def apply(table: pa.Table, cfg: MetaclipConfig, artifact: pa.Table | None) -> pa
     if CARRIED in table.column_names:  # matched during the fit (the metadata's hash is in the fingerprint)
         matches = table.column(CARRIED).combine_chunks()
     else:
-        matches = matcher(cfg.metadata).match(text)
-        if len(p) != matcher(cfg.metadata).size:
+        matches = matcher(resolve_metadata(cfg.metadata)).match(text)
+        if len(p) != matcher(resolve_metadata(cfg.metadata)).size:
             raise RuntimeError(f"metaclip: the fitted counts have {len(p)} entries, {cfg.metadata} has "
-                               f"{matcher(cfg.metadata).size}; the metadata changed since the fit")
+                               f"{matcher(resolve_metadata(cfg.metadata)).size}; the metadata changed since the fit")
     probability = keep_probability(matches, p)
     keep = uid_uniform(table.column("uid"), cfg.seed, "metaclip") < probability
     no_text = np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False), dtype=bool)
@@ -145,10 +147,11 @@ def apply(table: pa.Table, cfg: MetaclipConfig, artifact: pa.Table | None) -> pa
 
 def describe(cfg: MetaclipConfig) -> dict:
     """The metadata file's content hash: editing the list in place re-runs the stage."""
-    if not Path(cfg.metadata).is_file():
-        raise FileNotFoundError(missing_metadata(cfg.metadata))
+    path = resolve_metadata(cfg.metadata)
+    if not Path(path).is_file():
+        raise FileNotFoundError(missing_metadata(path))
     digest = hashlib.sha256()
-    with open(cfg.metadata, "rb") as handle:
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return {"metadata_sha256": digest.hexdigest()}

@@ -177,7 +177,9 @@ def summary(report: dict[str, Any]) -> str:
             info = truth["download"]
             lines.append(f"  ground truth download: precision {info['precision']}, recall {info['recall']} of {info['targets']}")
         for name, info in truth["stages"].items():
-            if not info["targets"]:  # no planted defect is this stage's own (metaclip, dbp; semdedup's pairs below)
+            if name == "semdedup" and "semdedup_pairs" in truth:
+                continue  # its own line below: the planted duplicate pairs
+            if not info["targets"]:  # no planted defect is this stage's own (metaclip, dbp)
                 lines.append(f"  ground truth {name}: no planted defect is its target; "
                              f"{info['precision']} of the rows it removes carry one")
                 continue

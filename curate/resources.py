@@ -41,6 +41,14 @@ def metadata_path(name: str) -> str:
     return str(SOURCE_DIR / name)
 
 
+def resolve_metadata(path: str) -> str:
+    """A metadata path as given when it is a file; a bare file name (no directory) that is not a
+    file here is looked up in :func:`metadata_dirs` (so a recipe can say ``demo_concepts.txt``)."""
+    if Path(path).is_file() or Path(path).name != path:
+        return path
+    return metadata_path(path) if any((d / path).is_file() for d in metadata_dirs()) else path
+
+
 def missing_metadata(path: str | Path) -> str:
     """A message for a metadata file that is not there, naming every place searched."""
     looked = ", ".join(str(d) for d in metadata_dirs())

@@ -5,13 +5,23 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.cli import main
+from curate.demo_draw import OBJECTS
+from curate.resources import metadata_path
 from curate.runio import read_json
+
+T = 20  # metaclip.t for 400 samples (the recipe's 150 is for 3,000)
+CLEAN_KEPT = 0.4  # MetaCLIP removes clean samples of head concepts on purpose
+
+
+def test_the_demo_concept_list_is_what_the_demo_draws():
+    with open(metadata_path("demo_concepts.txt")) as handle:
+        assert handle.read().splitlines() == list(OBJECTS)
 
 
 @pytest.mark.slow
 def test_demo_end_to_end_finds_the_planted_defects(tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--n", "400", "--workers", "2"]) == 0
+    assert main(["demo", "--out", str(out), "--n", "400", "--workers", "2", "--set", f"metaclip.t={T}"]) == 0
     report = read_json(out / "report.json")
     truth = report["ground_truth"]
     assert report["rows_in"] == 400
@@ -28,7 +38,12 @@ def test_demo_end_to_end_finds_the_planted_defects(tmp_path):
     pairs = truth["semdedup_pairs"]
     assert pairs["pairs"] > 10 and pairs["recall"] >= 0.6 and pairs["precision"] >= 0.6, pairs
     assert sum(c["size"] for c in report["dbp_clusters"]) > sum(c["kept"] for c in report["dbp_clusters"]) > 0
-    assert truth["clean_kept"] > 0.6
+    # MetaCLIP over the demo's concepts caps the Zipfian head at ~t and leaves the tail whole
+    head = {row["entry"]: row for row in report["metaclip"]["head"]}
+    assert head["circle"]["count_pool"] > 3 * T and head["circle"]["count_balanced"] <= 2 * T, head["circle"]
+    assert all(row["count_balanced"] == row["count_pool"] for row in head.values() if row["count_pool"] <= T)
+    assert report["metaclip"]["entries_reaching_t"] >= 2
+    assert truth["clean_kept"] > CLEAN_KEPT
     for defect in ("small_image", "extreme_aspect", "non_english", "short_caption", "boilerplate_caption",
                    "unreachable_url", "corrupt_image"):
         assert truth["subset"][defect]["left_in_subset"] == 0, defect
@@ -43,5 +58,5 @@ def test_demo_end_to_end_finds_the_planted_defects(tmp_path):
     assert '"output_type"' in (out / "walkthrough.ipynb").read_text()
     # a second run resumes: every step is already complete, the result is unchanged
     before = (out / "subset.npy").read_bytes()
-    assert main(["demo", "--out", str(out), "--n", "400", "--workers", "2"]) == 0
+    assert main(["demo", "--out", str(out), "--n", "400", "--workers", "2", "--set", f"metaclip.t={T}"]) == 0
     assert (out / "subset.npy").read_bytes() == before
