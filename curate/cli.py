@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("py4j", "urllib3", "PIL"):
+    for noisy in ("py4j", "urllib3", "PIL", "faiss.loader"):  # faiss.loader: "could not load AVX2" at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return _dispatch(args)
