@@ -39,7 +39,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections import Counter
@@ -53,7 +52,7 @@ import pyarrow.parquet as pq
 
 from curate.engines.plan import remove_temporaries
 from curate.pool import Shard, parquet_file, read_shard, scan_shards
-from curate.runio import read_json, read_manifest, write_manifest
+from curate.runio import atomic_write_ipc, read_json, read_manifest, write_manifest
 from curate.shard_writer import FACES, ReshardError, attach_curation, check_face_boxes, json_type, load_curation, write_shard
 from curate.uid import SUBSET_DTYPE, pairs_to_uids, uid_pairs, uid_uniform
 
@@ -272,10 +271,7 @@ def _pool_rows(path: Path, piece: pa.Table, columns: tuple[str, ...], *, keep: b
 def _scatter(task: tuple) -> int:
     path, piece, columns, target = task
     piece = _pool_rows(path, piece, columns, keep=False)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{id(piece)}")
-    with pa.ipc.new_file(str(tmp), piece.schema) as writer:
-        writer.write_table(piece)
-    os.replace(tmp, target)
+    atomic_write_ipc(piece, target)
     return piece.num_rows
 
 

@@ -40,6 +40,19 @@ def atomic_write_table(table: pa.Table, path: str | Path, *, row_group_size: int
         tmp.unlink(missing_ok=True)
 
 
+def atomic_write_ipc(table: pa.Table, path: str | Path) -> None:
+    """Scratch tables this tool reads back itself: Arrow IPC, uncompressed, memory-mappable."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with pa.ipc.new_file(str(tmp), table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_json(obj: Any, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from curate.engines import plan as planning
 from curate.pool import Shard, read_shard, scan_shards
-from curate.runio import atomic_write_table, done_stats, is_done, mark_done, read_manifest, write_manifest
+from curate.runio import atomic_write_ipc, atomic_write_table, done_stats, is_done, mark_done, read_manifest, write_manifest
 from curate.stage import CARRY_PREFIX, RecipeError, Stage
 from curate.stages import get_stage
 
@@ -162,20 +162,8 @@ def _partial_partition(task: tuple) -> pa.Table:
     if carried.num_rows != table.num_rows or not all(n.startswith(CARRY_PREFIX) for n in carried.column_names):
         raise RuntimeError(f"stage {stage_name}: partial_carry must return {table.num_rows} rows of "
                            f"{CARRY_PREFIX}* columns, got {carried.num_rows} of {carried.column_names}")
-    _write_ipc(carried.add_column(0, "uid", table.column("uid")), carry_dir / f"{shard.part}.arrow")
+    atomic_write_ipc(carried.add_column(0, "uid", table.column("uid")), carry_dir / f"{shard.part}.arrow")
     return partial
-
-
-def _write_ipc(table: pa.Table, path: Path) -> None:
-    """Scratch data read back once by this engine: Arrow IPC, uncompressed, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_carry(stage_dir: Path, shard: Shard, table: pa.Table) -> pa.Table:
