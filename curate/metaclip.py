@@ -65,7 +65,7 @@ class MetaclipConfig:
 
 def matcher(path: str) -> Matcher:
     """The compiled entry list, built once per process (rebuilt if the file changes)."""
-    resolved = Path(path).resolve()
+    resolved = Path(resolve_metadata(path)).resolve()
     stat = resolved.stat()
     key = (str(resolved), stat.st_size, stat.st_mtime_ns)
     if key not in _MATCHERS:
@@ -76,13 +76,13 @@ def matcher(path: str) -> Matcher:
 
 def entry_counts(table: pa.Table, cfg: MetaclipConfig, previous: pa.Table | None = None) -> pa.Table:
     """Partial: per entry id, how many texts of this batch match it."""
-    return _counts(matcher(resolve_metadata(cfg.metadata)).match(table.column("text")))
+    return _counts(matcher(cfg.metadata).match(table.column("text")))
 
 
 def counts_and_matches(table: pa.Table, cfg: MetaclipConfig, previous: pa.Table | None = None) -> tuple[pa.Table, pa.Table]:
     """``entry_counts`` plus the matches themselves, carried to ``apply`` so the local engine
     matches each caption once instead of twice (Fit.partial_carry)."""
-    matches = matcher(resolve_metadata(cfg.metadata)).match(table.column("text"))
+    matches = matcher(cfg.metadata).match(table.column("text"))
     return _counts(matches), pa.table({CARRIED: matches})
 
 
@@ -132,10 +132,11 @@ def apply(table: pa.Table, cfg: MetaclipConfig, artifact: pa.Table | None) -> pa
     if CARRIED in table.column_names:  # matched during the fit (the metadata's hash is in the fingerprint)
         matches = table.column(CARRIED).combine_chunks()
     else:
-        matches = matcher(resolve_metadata(cfg.metadata)).match(text)
-        if len(p) != matcher(resolve_metadata(cfg.metadata)).size:
+        compiled = matcher(cfg.metadata)
+        if len(p) != compiled.size:
             raise RuntimeError(f"metaclip: the fitted counts have {len(p)} entries, {cfg.metadata} has "
-                               f"{matcher(resolve_metadata(cfg.metadata)).size}; the metadata changed since the fit")
+                               f"{compiled.size}; the metadata changed since the fit")
+        matches = compiled.match(text)
     probability = keep_probability(matches, p)
     keep = uid_uniform(table.column("uid"), cfg.seed, "metaclip") < probability
     no_text = np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False), dtype=bool)
