@@ -98,7 +98,8 @@ def _subset_partition(task: tuple) -> dict:
             if field.name != "uid":
                 table = table.append_column(field, column)
     check_select(select, table.column_names)
-    selected = pl.from_arrow(table).filter(_select_mask(pl.from_arrow(table), select)).to_arrow()
+    frame = pl.from_arrow(table)
+    selected = frame.filter(_select_mask(frame, select)).to_arrow()
     atomic_write_table(selected.cast(table.schema), out_dir / SUBSET / f"{shard.part}.parquet")
     stats = {"part": shard.part, "rows": selected.num_rows, "rows_in": table.num_rows}
     mark_done(out_dir / SUBSET, shard.part, stats)
