@@ -51,9 +51,9 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, workers:
     workers = workers or default_workers()
     if stage.max_workers is not None:  # e.g. a model stage: one process, torch threads use the cores
         workers = max(1, min(workers, stage.max_workers(cfg)))
-    started = time.perf_counter()
     with shared_workers(workers):  # the fit's worker processes (and what they loaded) do the apply too
         artifact_rows = _fit(plan, shards, out_dir, workers) if stage.fit else None
+        started = time.perf_counter()  # seconds_last_run: the apply only
         tasks = [(stage.name, cfg, shard, plan.sources, plan.source_dirs, out_dir) for shard in shards
                  if not is_done(plan.stage_dir, shard.part, plan.stage_dir / f"{shard.part}.parquet")]
         if stage.group_by is not None and tasks:
