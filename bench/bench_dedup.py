@@ -2,8 +2,8 @@
 with planted near-duplicates, on the local engine and on Spark local[2].
 
 Each (engine, stage) runs in its own subprocess, so the peak RSS printed is that phase's own
-(the process and all its children: local workers, Spark's JVM and Python workers). The local
-engine's fit time is the stage time minus its apply time (the manifest's seconds_last_run).
+(the process and all its children: local workers, Spark's JVM and Python workers); the fit and
+apply times are the manifest's fit_seconds and seconds_last_run.
 
 Baselines in the same run, on about 100k rows of whole clusters (as our cluster stage assigned
 them): a straightforward dense numpy implementation of DESIGN.md 4.3 per cluster (the full
@@ -78,7 +78,8 @@ def run_phase(engine: str, stage: str, pool: Path, out: Path, values: dict) -> d
     if spark is not None:
         spark.stop()
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return {"seconds": round(seconds, 1), "apply_seconds": manifest.get("seconds_last_run"), "peak_rss_gb": round(peak / 2**20, 2)}
+    return {"seconds": round(seconds, 1), "fit_seconds": manifest.get("fit_seconds"),
+            "apply_seconds": manifest.get("seconds_last_run"), "peak_rss_gb": round(peak / 2**20, 2)}
 
 
 def dense_reference(vectors: np.ndarray, eps: float) -> np.ndarray:

@@ -52,8 +52,9 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, workers:
     if stage.max_workers is not None:  # e.g. a model stage: one process, torch threads use the cores
         workers = max(1, min(workers, stage.max_workers(cfg)))
     with shared_workers(workers):  # the fit's worker processes (and what they loaded) do the apply too
+        started = time.perf_counter()
         artifact_rows = _fit(plan, shards, out_dir, workers) if stage.fit else None
-        started = time.perf_counter()  # seconds_last_run: the apply only
+        fit_seconds, started = round(time.perf_counter() - started, 3), time.perf_counter()
         tasks = [(stage.name, cfg, shard, plan.sources, plan.source_dirs, out_dir) for shard in shards
                  if not is_done(plan.stage_dir, shard.part, plan.stage_dir / f"{shard.part}.parquet")]
         if stage.group_by is not None and tasks:
@@ -66,7 +67,7 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, workers:
     rows = sum(s["rows"] for s in stats)
     manifest = write_manifest(plan.stage_dir, **planning.manifest_fields(
         plan, "local", LAYOUT, "complete", rows=rows, partitions=len(stats), artifact_rows=artifact_rows,
-        seconds_last_run=round(time.perf_counter() - started, 3)))
+        fit_seconds=fit_seconds, seconds_last_run=round(time.perf_counter() - started, 3)))  # the apply only
     shutil.rmtree(plan.stage_dir / CARRY_DIR, ignore_errors=True)
     return manifest
 

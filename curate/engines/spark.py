@@ -89,6 +89,7 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, spark=No
     started = time.perf_counter()
     frame = input_frame(spark, plan, shards, out_dir)
     artifact = _fit(plan, frame, shards, out_dir) if stage.fit else None
+    fit_seconds, started = round(time.perf_counter() - started, 3), time.perf_counter()
     if stage.group_by is not None:
         output = _apply_groups(stage, cfg, artifact, frame)
     else:
@@ -96,8 +97,8 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, spark=No
     rows = write_parts(output, plan.stage_dir)
     return write_manifest(plan.stage_dir, **planning.manifest_fields(
         plan, "spark", LAYOUT, "complete", rows=rows,
-        artifact_rows=None if artifact is None else artifact.num_rows,
-        seconds_last_run=round(time.perf_counter() - started, 3)))
+        artifact_rows=None if artifact is None else artifact.num_rows, fit_seconds=fit_seconds,
+        seconds_last_run=round(time.perf_counter() - started, 3)))  # the apply only, as on the local engine
 
 
 def _fit(plan: planning.Plan, frame, shards: list[Shard], out_dir: Path) -> pa.Table:
