@@ -11,7 +11,9 @@ that all three give the same decisions. Target (issue 2): >= 30k rows/s per core
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +53,7 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-basic-"))
+    atexit.register(shutil.rmtree, work, True)  # GBs of scratch: gone when the run ends
     pool = write_datacomp_pool(work / "pool", shards=args.shards, rows_per_shard=args.rows // args.shards, models=())
     cfg = parse_recipe({"stages": {"basic": {}}, "select": "basic_keep"}, "bench").stages[0][1]
     results = {}

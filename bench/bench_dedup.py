@@ -17,8 +17,10 @@ are printed side by side.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -166,6 +168,8 @@ def main() -> None:
         print(json.dumps(run_phase(engine, stage, Path(pool), Path(out), json.loads(args.values))))
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-dedup-"))
+    if args.work is None:  # GBs of scratch: gone when the run ends (--work DIR keeps it)
+        atexit.register(shutil.rmtree, work, True)
     pool = work / "pool"
     if not pool.exists():
         started = time.perf_counter()

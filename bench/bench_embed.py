@@ -37,10 +37,11 @@ SAMPLES = {"curate-tiny-vit": 2048, "ViT-B-32": 192}
 
 
 def demo_table(n: int) -> pa.Table:
-    source = Path(tempfile.mkdtemp(prefix="bench-embed-"))
-    make_demo_pool(source, n=n, seed=7, clean_only=True)
-    urls = pq.read_table(source / "urls.parquet")
-    images = [(source / "images" / url.rsplit("/", 1)[-1]).read_bytes() for url in urls.column("url").to_pylist()]
+    with tempfile.TemporaryDirectory(prefix="bench-embed-") as scratch:
+        source = Path(scratch)
+        make_demo_pool(source, n=n, seed=7, clean_only=True)
+        urls = pq.read_table(source / "urls.parquet")
+        images = [(source / "images" / url.rsplit("/", 1)[-1]).read_bytes() for url in urls.column("url").to_pylist()]
     return pa.table({"jpg": pa.array(images, pa.binary()), "text": urls.column("caption")})
 
 

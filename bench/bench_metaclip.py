@@ -21,9 +21,11 @@ Measured side by side, one core unless said otherwise:
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import multiprocessing
 import resource
+import shutil
 import tempfile
 import time
 import tracemalloc
@@ -215,6 +217,7 @@ def main() -> None:
     parser.add_argument("--no-spark", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-metaclip-"))
+    atexit.register(shutil.rmtree, work, True)  # GBs of scratch: gone when the run ends
     entries, captions = make_data(args.captions)
     metadata = work / "entries.json"
     metadata.write_text(json.dumps(entries))

@@ -24,8 +24,10 @@ must select the same uids.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -160,6 +162,7 @@ def main() -> None:
         print(json.dumps(run_variant(args.variant, args.pool, args.out, args.fraction, args.cores)))
         return
     work = Path(tempfile.mkdtemp(prefix="bench-score-"))
+    atexit.register(shutil.rmtree, work, True)  # GBs of scratch: gone when the run ends
     started = time.perf_counter()
     pool = write_pool(work / "pool", args.rows, args.shards)
     print(f"pool: {args.rows} rows in {args.shards} shards, written in {time.perf_counter() - started:.1f}s",
