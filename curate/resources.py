@@ -46,7 +46,7 @@ def resolve_metadata(path: str) -> str:
     file here is looked up in :func:`metadata_dirs` (so a recipe can say ``demo_concepts.txt``)."""
     if Path(path).is_file() or Path(path).name != path:
         return path
-    return metadata_path(path) if any((d / path).is_file() for d in metadata_dirs()) else path
+    return metadata_path(path)
 
 
 def missing_metadata(path: str | Path) -> str:
