@@ -23,14 +23,14 @@ import pyarrow.parquet as pq
 
 from curate import pipeline
 from curate.recipe import parse_recipe
-from curate.synthetic import write_datacomp_pool
+from curate.demo.synthetic import write_datacomp_pool
 
 
 def reference_basic(texts, widths, heights) -> np.ndarray:
     """DataComp's basic rule, one row at a time (the baseline)."""
     import fasttext
 
-    from curate.langid import fasttext_model_path
+    from curate.models.langid import fasttext_model_path
 
     model = fasttext.load_model(str(fasttext_model_path()))
     keep = np.zeros(len(texts), dtype=bool)

@@ -37,7 +37,7 @@ DIM = 512
 def write_pool(pool: Path, rows: int, shards: int, centres: int, duplicate_fraction: float, seed: int = 0) -> None:
     """Unit rows around ``centres`` random directions; a share of rows are near-copies
     (noise 0.02 per coordinate scale, cosine ~0.99) of other rows of the same shard."""
-    from curate.embeddings import encode
+    from curate.kernels.embeddings import encode
 
     sidecar = pool / "embeddings" / "b32"
     sidecar.mkdir(parents=True, exist_ok=True)
@@ -103,8 +103,8 @@ def subset_comparison(pool: Path, out: Path, rows: int, eps: float) -> dict:
     ``semdedup.apply`` on the cluster's rows (after a warm-up call on 1,000 rows: first-call
     costs are not the method's); the references decode and normalise the cluster's rows in
     dedup order, then apply the rule."""
-    from curate import semdedup
-    from curate.cluster import unit_rows
+    from curate.stages import semdedup
+    from curate.stages.cluster import unit_rows
 
     clusters = pq.read_table(sorted((out / "cluster").glob("part-*.parquet")))
     emb = pq.read_table(sorted((pool / "embeddings" / "b32").glob("part-*.parquet")), columns=["image_emb"])

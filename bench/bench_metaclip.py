@@ -6,7 +6,7 @@ built list padded with frequent 2-3 word phrases of the same vocabulary).
 
 Measured side by side, one core unless said otherwise:
 - build: curate's compiled entry list vs a pyahocorasick automaton of the spaced entries;
-- matching: curate (curate.metaclip_match) on all N captions, vs (a) a naive per-entry
+- matching: curate (curate.kernels.metaclip_match) on all N captions, vs (a) a naive per-entry
   substring loop of the same rule on a small sample and (b) iterating a prebuilt
   pyahocorasick automaton in Python per caption on a larger sample; match sets must be equal;
 - engines: the whole metaclip stage (fit: match + count; apply: match again + balance +
@@ -37,8 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import pipeline
-from curate.metaclip import DEFAULT_METADATA, keep_probability, sampling_probabilities
-from curate.metaclip_match import Matcher, load_metadata
+from curate.stages.metaclip import DEFAULT_METADATA, keep_probability, sampling_probabilities
+from curate.kernels.metaclip_match import Matcher, load_metadata
 from curate.recipe import parse_recipe
 from curate.uid import derive_uid, uid_uniform
 

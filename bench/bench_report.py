@@ -1,4 +1,4 @@
-"""Benchmark: the HTML report (curate.html_report) of a 1M-row run.
+"""Benchmark: the HTML report (curate.reports.html) of a 1M-row run.
 
 The run is written directly, not computed: a pool of N rows in parquet shards (uid, text,
 status, a b32 score, and tiny JPEGs of ~0.7 KB, cycled from 64 distinct ones) and, row-aligned
@@ -57,7 +57,7 @@ def tiny_jpegs(count: int = 64) -> pa.Array:
 
 
 def write_shard(run: Path, pool: Path, index: int, n: int, jpegs: pa.Array) -> None:
-    from curate.synthetic import captions, random_hex
+    from curate.demo.synthetic import captions, random_hex
     from curate.runio import atomic_write_table
 
     rng = np.random.default_rng([7, index])
@@ -96,7 +96,7 @@ def write_shard(run: Path, pool: Path, index: int, n: int, jpegs: pa.Array) -> N
 
 
 def write_run(work: Path, rows: int, shards: int) -> Path:
-    from curate.report import build_report
+    from curate.reports.summary import build_report
     from curate.runio import atomic_write_json, atomic_write_table, write_manifest
 
     run, pool, jpegs = work / "run", work / "pool", tiny_jpegs()
@@ -139,8 +139,8 @@ def phase(name: str, run: Path) -> dict:
     """Child process: one variant; returns seconds and the peak resident memory."""
     import polars as pl
 
-    from curate import html_report as h
-    from curate.report import build_report, decisions
+    from curate.reports import html as h
+    from curate.reports.summary import build_report, decisions
     from curate.runio import read_json
 
     started, info = time.perf_counter(), {}

@@ -1,6 +1,6 @@
 """Benchmark: `curate reshard` throughput, local engine and Spark local[2], on the demo pool scaled up.
 
-The pool: --images demo images and captions (curate.demo_pool, clean samples), repeated with new
+The pool: --images demo images and captions (curate.demo.pool, clean samples), repeated with new
 uids to --samples rows (10,000-row parquet shards); the subset selects every row. Baseline, measured
 in the same run: a plain single-process loop that reads each pool shard and writes jpg/txt/json
 members with Python's tarfile into shards of the same size. Prints samples/s, MB/s (tar bytes
@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.demo import prepare_trusted
-from curate.reshard import ReshardConfig, reshard
+from curate.demo.run import prepare_trusted
+from curate.steps.reshard import ReshardConfig, reshard
 from curate.uid import derive_uid, uid_pairs, write_datacomp_subset
 
 POOL_SHARD_ROWS, SHARD_SIZE = 10_000, 10_000

@@ -43,7 +43,7 @@ SCORE = "clip_l14_similarity_score"
 
 
 def write_pool(directory: Path, rows: int, shards: int, seed: int = 0) -> Path:
-    from curate.synthetic import random_hex
+    from curate.demo.synthetic import random_hex
 
     directory.mkdir(parents=True, exist_ok=True)
     per_shard = -(-rows // shards)

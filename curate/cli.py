@@ -15,9 +15,9 @@ from pathlib import Path
 
 from curate.engines import ENGINES
 from curate.pool import PoolError
-from curate.stage import RecipeError
+from curate.contract import RecipeError
 from curate.stages import STAGE_MODULES
-from curate.train_dfn import TrainSettings
+from curate.steps.train_dfn import TrainSettings
 
 log = logging.getLogger("curate")
 
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from curate import pipeline, recipe as recipes
+    from curate import pipeline
+    from curate import recipe as recipes
 
     if args.command == "run":
         recipe = recipes.load_recipe(args.recipe, args.set)
@@ -143,7 +144,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "subset":
         _run_subset(args)
     elif args.command == "ingest":
-        from curate.ingest import ingest
+        from curate.steps.ingest import ingest
 
         result = ingest(args.url_list, args.out, url_col=args.url_col, caption_col=args.caption_col,
                         processes=args.processes, threads=args.threads, resize_mode=args.resize_mode,
@@ -151,20 +152,20 @@ def _dispatch(args: argparse.Namespace) -> int:
                         shard_size=args.shard_size)
         print(json.dumps(result, indent=2, default=str))
     elif args.command == "import-datacomp":
-        from curate.datacomp import import_datacomp
+        from curate.steps.datacomp import import_datacomp
 
         print(json.dumps(import_datacomp(args.src, args.out), indent=2, default=str))
     elif args.command == "demo-pool":
-        from curate.demo_pool import make_demo_pool
+        from curate.demo.pool import make_demo_pool
 
         print(json.dumps(make_demo_pool(args.out, n=args.n, seed=args.seed), indent=2, default=str))
     elif args.command == "demo":
-        from curate.demo import run_demo
+        from curate.demo.run import run_demo
 
         run_demo(args.out, n=args.n, recipe_path=args.recipe, overrides=args.set, engine=args.engine,
                  workers=args.workers, master=args.master)
     elif args.command == "reshard":
-        from curate.reshard import ReshardConfig, reshard
+        from curate.steps.reshard import ReshardConfig, reshard
 
         cfg = ReshardConfig(shard_size=args.shard_size, shuffle=args.shuffle, seed=args.seed, blur_faces=args.blur_faces)
         spark = None
@@ -175,23 +176,23 @@ def _dispatch(args: argparse.Namespace) -> int:
         manifest = reshard(args.run_dir, args.out, cfg, pool=args.pool, engine=args.engine, workers=args.workers, spark=spark)
         print(json.dumps({key: manifest[key] for key in ("samples", "shards", "successes", "failures", "bytes")}, indent=2))
     elif args.command == "metaclip-report":
-        from curate.metaclip_report import run_report
+        from curate.reports.concepts import run_report
 
         return run_report(args.run_dir, args.pool, args.concepts)
     elif args.command == "train-dfn":
-        from curate.train_dfn import TrainSettings, train_dfn
+        from curate.steps.train_dfn import TrainSettings, train_dfn
 
         settings = TrainSettings(model=args.model, init=args.init, epochs=args.epochs, batch_size=args.batch_size,
                                  lr=args.lr, device=args.device)
         info = train_dfn(args.trusted, args.out, settings)
         print(json.dumps({key: info[key] for key in ("model", "samples", "skipped", "final_loss", "seconds")}, indent=2))
     elif args.command == "report":
-        from curate.report import summary
+        from curate.reports.summary import summary
         from curate.runio import read_json
 
         print(summary(read_json(args.run_dir / "report.json")))
         if not args.no_html:
-            from curate.html_report import write_html_report
+            from curate.reports.html import write_html_report
 
             print(f"wrote {write_html_report(args.run_dir, args.pool)}")
     return 0
@@ -216,7 +217,7 @@ def _run_one_stage(args: argparse.Namespace) -> None:
 
 
 def _run_subset(args: argparse.Namespace) -> None:
-    from curate import subset
+    from curate.steps import subset
     from curate.engines.plan import stage_output_columns
 
     stages = args.stages if args.stages is not None else sorted(stage_output_columns(args.out))

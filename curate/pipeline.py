@@ -14,9 +14,9 @@ from typing import Any
 
 from curate.pool import check_unique_uids, scan_shards
 from curate.recipe import Recipe
-from curate.report import build_report, summary
+from curate.reports.summary import build_report, summary
 from curate.runio import atomic_write_json, read_json
-from curate.stage import RecipeError
+from curate.contract import RecipeError
 from curate.stages import get_stage
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def run_recipe(recipe: Recipe, pool_dir: Path, out_dir: Path, *, engine: str = "
     for name, cfg in recipe.stages:
         run_stage(name, cfg, pool_dir, out_dir, engine=engine, workers=workers, spark=spark)
     stage_names = [name for name, _ in recipe.stages]
-    from curate import subset
+    from curate.steps import subset
 
     if engine == "spark":
         subset.run_subset_spark(pool_dir, out_dir, stage_names, recipe.select, spark=spark)

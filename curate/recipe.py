@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from curate.stage import RecipeError, config_dict, make_config
+from curate.contract import RecipeError, config_dict, make_config
 from curate.stages import get_stage
 
 TOP_LEVEL_KEYS = ("description", "seed", "stages", "select")

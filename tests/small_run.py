@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from curate import pipeline
-from curate.datacomp import import_datacomp
+from curate.steps.datacomp import import_datacomp
 from curate.recipe import parse_recipe
-from curate.synthetic import write_datacomp_pool
+from curate.demo.synthetic import write_datacomp_pool
 
 RECIPE = {
     "seed": 0,

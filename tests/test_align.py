@@ -1,4 +1,4 @@
-"""ALIGN's noisy-text filters (curate.align), including the global shared-caption count."""
+"""ALIGN's noisy-text filters (curate.stages.align), including the global shared-caption count."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from curate.align import STAGE, AlignConfig
-from curate.rules import text_keys
-from curate.stage import RecipeError, make_config
+from curate.stages.align import STAGE, AlignConfig
+from curate.kernels.rules import text_keys
+from curate.contract import RecipeError, make_config
 
 TEN = "a photo of a red dog on the beach"      # appears exactly 10 times: kept
 ELEVEN = "a photo of a blue cat on the sofa"   # appears 11 times: dropped

@@ -5,11 +5,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate.embeddings import encode
-from curate.image_based import (ImageBasedConfig, apply as image_apply, fasttext_token_counts, fit_clusters,
+from curate.kernels.embeddings import encode
+from curate.stages.image_based import (ImageBasedConfig, apply as image_apply, fasttext_token_counts, fit_clusters,
                                 nearest_centroids, training_sample)
-from curate.stage import RecipeError
-from curate.text_based import DEFAULT_TABLE, TextBasedConfig, apply as text_apply, load_table, matching_synset
+from curate.contract import RecipeError
+from curate.stages.text_based import DEFAULT_TABLE, TextBasedConfig, apply as text_apply, load_table, matching_synset
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""DataComp basic filtering (curate.basic) and the shared word/char/size kernels (curate.rules).
+"""DataComp basic filtering (curate.stages.basic) and the shared word/char/size kernels (curate.kernels.rules).
 
 Expected values are written out by hand from the rule: English by fastText AND
 len(text.split()) > 2 AND len(text) > 5 AND min(w, h) >= 200 AND max(w, h) / min(w, h) <= 3.
@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate.basic import STAGE, BasicConfig
-from curate.rules import char_lengths, decide, size_checks, word_counts
-from curate.stage import RecipeError, make_config
+from curate.stages.basic import STAGE, BasicConfig
+from curate.kernels.rules import char_lengths, decide, size_checks, word_counts
+from curate.contract import RecipeError, make_config
 
 ENGLISH = "a photo of a red dog on the beach"
 

@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import kmeans, pipeline
-from curate.embeddings import encode
+from curate.kernels import kmeans
+from curate import pipeline
+from curate.kernels.embeddings import encode
 from curate.recipe import parse_recipe
 from tests.conftest import write_pool
 

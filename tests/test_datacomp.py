@@ -1,4 +1,4 @@
-"""curate.synthetic (DataComp's released format) and curate.datacomp (its importer)."""
+"""curate.demo.synthetic (DataComp's released format) and curate.steps.datacomp (its importer)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.embeddings import decode
+from curate.kernels.embeddings import decode
 
-from curate.datacomp import import_datacomp
+from curate.steps.datacomp import import_datacomp
 from curate.pool import POOL_INFO, PoolError
 from curate.uid import malformed_uid_rows
-from curate.synthetic import write_datacomp_pool
+from curate.demo.synthetic import write_datacomp_pool
 
 DIMS = {"b32": 512, "l14": 768}
 
@@ -98,7 +98,7 @@ def test_manifests(imported):
 
 def test_rerun_skips_finished_shards(source, imported, monkeypatch):
     out, info = imported
-    monkeypatch.setattr("curate.datacomp.import_shard", lambda *a: pytest.fail("shard imported twice"))
+    monkeypatch.setattr("curate.steps.datacomp.import_shard", lambda *a: pytest.fail("shard imported twice"))
     assert import_datacomp(source, out) == info
 
 

@@ -9,10 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate import dbp, kmeans
-from curate.dbp import DbpConfig
-from curate.embeddings import encode
-from curate.stage import RecipeError
+from curate.stages import dbp
+from curate.kernels import kmeans
+from curate.stages.dbp import DbpConfig
+from curate.kernels.embeddings import encode
+from curate.contract import RecipeError
 from tests.test_cluster import planted_embeddings, run, table, write_embedding_pool
 
 

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.cli import main
-from curate.demo_draw import OBJECTS
+from curate.demo.draw import OBJECTS
 from curate.resources import metadata_path
 from curate.runio import read_json
 

@@ -1,4 +1,4 @@
-"""The demo pool generator (curate.demo_pool) and its loopback server (curate.demo_server)."""
+"""The demo pool generator (curate.demo.pool) and its loopback server (curate.demo.server)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate.demo_captions import BOILERPLATE, LANGUAGES
-from curate.demo_pool import DEFECTS, defect_counts, make_demo_pool, materialize_urls
-from curate.demo_server import serve
+from curate.demo.captions import BOILERPLATE, LANGUAGES
+from curate.demo.pool import DEFECTS, defect_counts, make_demo_pool, materialize_urls
+from curate.demo.server import serve
 
 N = 300
 

@@ -22,11 +22,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate import embed, models, pipeline
-from curate.embeddings import decode
+from curate.stages import embed
+from curate.models import clip as models
+from curate import pipeline
+from curate.kernels.embeddings import decode
 from curate.recipe import parse_recipe
 from curate.runio import read_manifest
-from curate.stage import RecipeError
+from curate.contract import RecipeError
 from curate.uid import derive_uid
 
 BIN = Path(sys.executable).parent

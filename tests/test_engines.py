@@ -16,7 +16,7 @@ import pytest
 from curate import pipeline
 from curate.recipe import load_recipe, parse_recipe
 from curate.runio import read_manifest
-from curate.subset import run_subset_local, run_subset_spark
+from curate.steps.subset import run_subset_local, run_subset_spark
 from tests.conftest import make_rows, write_pool
 
 BIN = Path(sys.executable).parent

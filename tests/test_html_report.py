@@ -1,4 +1,4 @@
-"""The HTML report (curate.html_report) on a small finished run: self-contained, every figure and
+"""The HTML report (curate.reports.html) on a small finished run: self-contained, every figure and
 a thumbnail card per stage and reason, captions only without image bytes, the CLI, and the page
 rendered by headless Chromium."""
 
@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from curate.cli import main
-from curate.html_report import THUMB_PX, thumbnail, write_html_report
+from curate.reports.html import THUMB_PX, thumbnail, write_html_report
 from curate.runio import read_json
 from tests.small_run import jpeg, make_small_run
 

@@ -1,4 +1,4 @@
-"""curate.ingest: real img2dataset downloads from a loopback server into a parquet pool."""
+"""curate.steps.ingest: real img2dataset downloads from a loopback server into a parquet pool."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate import ingest as ingest_module
-from curate.demo_server import serve
-from curate.ingest import POOL_SCHEMA, ingest, raw_files, read_url_list
+from curate.steps import ingest as ingest_module
+from curate.demo.server import serve
+from curate.steps.ingest import POOL_SCHEMA, ingest, raw_files, read_url_list
 from curate.pool import POOL_INFO, PoolError, scan_shards
 from curate.uid import derive_uid
 
@@ -133,7 +133,7 @@ def test_rerun_skips_a_finished_pool(main_run, monkeypatch, caplog):
         raise AssertionError("img2dataset should not run again")
 
     monkeypatch.setattr(ingest_module, "run_img2dataset", fail)
-    with caplog.at_level(logging.INFO, logger="curate.ingest"):
+    with caplog.at_level(logging.INFO, logger="curate.steps.ingest"):
         again = ingest(main_run["url_list"], main_run["out"], url_col="link", caption_col="alt", **FAST)
     assert again == main_run["info"] and "skipping" in caplog.text
 

@@ -1,4 +1,4 @@
-"""The LAION-2B rule (curate.laion2b): CLD3 English AND CLIP B/32 score >= 0.28."""
+"""The LAION-2B rule (curate.stages.laion2b): CLD3 English AND CLIP B/32 score >= 0.28."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate.laion2b import STAGE, Laion2bConfig
-from curate.stage import RecipeError, make_config
+from curate.stages.laion2b import STAGE, Laion2bConfig
+from curate.contract import RecipeError, make_config
 
 ENGLISH = "The quick brown fox jumps over the lazy dog near the river bank"
 GERMAN = "Der schnelle braune Fuchs springt über den faulen Hund am Flussufer"

@@ -1,9 +1,9 @@
-"""Language identification (curate.langid): fastText lid.176 and CLD3, from installed wheels."""
+"""Language identification (curate.models.langid): fastText lid.176 and CLD3, from installed wheels."""
 
 from __future__ import annotations
 
-from curate import langid
-from curate.langid import cld3_language, fasttext_top1
+from curate.models import langid
+from curate.models.langid import cld3_language, fasttext_top1
 
 SENTENCES = {
     "en": "The quick brown fox jumps over the lazy dog near the river bank",

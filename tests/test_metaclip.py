@@ -1,4 +1,4 @@
-"""The MetaCLIP stage (curate.metaclip): pool-wide counts, balancing, uid-hashed sampling, engines."""
+"""The MetaCLIP stage (curate.stages.metaclip): pool-wide counts, balancing, uid-hashed sampling, engines."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import pipeline
-from curate.metaclip import STAGE, MetaclipConfig, keep_probability, sampling_probabilities
+from curate.stages.metaclip import STAGE, MetaclipConfig, keep_probability, sampling_probabilities
 from curate.recipe import parse_recipe
-from curate.stage import RecipeError, make_config
+from curate.contract import RecipeError, make_config
 from curate.uid import derive_uid
 from tests.conftest import write_pool
 
@@ -203,7 +203,7 @@ def test_editing_the_metadata_in_place_reruns_the_stage(tmp_path):
 def test_local_engine_matches_each_caption_once_and_falls_back_without_the_carry(tmp_path, metadata, monkeypatch):
     """The fit's matches are carried to the apply (Fit.partial_carry): one match pass, not two;
     a partition whose carry file is gone is matched again, with the same result."""
-    from curate.metaclip_match import Matcher
+    from curate.kernels.metaclip_match import Matcher
 
     pool_dir = write_pool(tmp_path / "pool", [300, 0, 250, 450])
     calls = []

@@ -1,4 +1,4 @@
-"""MetaCLIP's matching rule (curate.metaclip_match) against a pure-Python reference of DESIGN.md 4.2."""
+"""MetaCLIP's matching rule (curate.kernels.metaclip_match) against a pure-Python reference of DESIGN.md 4.2."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import random
 import pyarrow as pa
 import pytest
 
-from curate import metaclip_match
-from curate.metaclip_match import Matcher, load_metadata
+from curate.kernels import metaclip_match
+from curate.kernels.metaclip_match import Matcher, load_metadata
 
 
 def spaced_reference(text: str) -> str:
@@ -182,7 +182,7 @@ def test_bad_metadata_files_name_the_file(tmp_path, content, message):
 
 
 def test_builtin_list_loads_and_is_clean():
-    from curate.metaclip import DEFAULT_METADATA
+    from curate.stages.metaclip import DEFAULT_METADATA
 
     entries = load_metadata(DEFAULT_METADATA)
     assert 350_000 < len(entries) < 450_000 and len(set(entries)) == len(entries)

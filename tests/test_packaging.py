@@ -27,7 +27,7 @@ def test_a_wheel_install_finds_the_metadata_outside_the_source_tree(tmp_path):
     site = next((target / "lib").glob("python*/site-packages"))
     deps = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "pyarrow").is_dir())
     (site / "zz_deps.pth").write_text(deps + "\n")
-    probe = ("import curate, curate.metaclip as m, curate.text_based as t; "
+    probe = ("import curate, curate.stages.metaclip as m, curate.stages.text_based as t; "
              "print(curate.__file__); print(m.DEFAULT_METADATA); print(t.DEFAULT_TABLE)")
     lines = subprocess.run([str(python), "-c", probe], check=True, capture_output=True, text=True,
                            cwd=tmp_path).stdout.split()
@@ -48,7 +48,7 @@ def test_environment_variable_comes_first_and_a_missing_file_names_where_it_look
 
 
 def test_metaclip_with_a_missing_metadata_file_says_so(tmp_path):
-    from curate.metaclip import MetaclipConfig, describe
+    from curate.stages.metaclip import MetaclipConfig, describe
 
     with pytest.raises(FileNotFoundError, match="nope.json.*CURATE_METADATA_DIR"):
         describe(MetaclipConfig(metadata=str(tmp_path / "nope.json")))

@@ -1,8 +1,8 @@
 import pytest
 
 from curate.recipe import load_recipe, parse_recipe
-from curate.stage import RecipeError
-from curate.subset import check_select, referenced_columns
+from curate.contract import RecipeError
+from curate.steps.subset import check_select, referenced_columns
 
 
 def test_demo_recipe_loads_with_paper_defaults():

@@ -1,6 +1,6 @@
 """The printed run summary: ground-truth lines read as sentences, not as None placeholders."""
 
-from curate.report import summary
+from curate.reports.summary import summary
 
 
 def test_ground_truth_lines_for_stages_with_and_without_targets():

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from curate.cli import main
-from curate.reshard import ReshardConfig, ReshardError, reshard
+from curate.steps.reshard import ReshardConfig, ReshardError, reshard
 from curate.uid import derive_uid, uid_pairs, write_datacomp_subset
 
 SCHEMA = pa.schema([("uid", pa.string()), ("text", pa.string()), ("jpg", pa.binary()), ("original_width", pa.int64()),
@@ -195,7 +195,7 @@ def test_bad_face_boxes_stop_with_the_uid_and_boxes_past_the_frame_are_clipped(t
             reshard(run, tmp_path / "shards", ReshardConfig(blur_faces=True), pool=pool)
     rows[1]["face_bboxes"] = [[-0.2, 0.5, 0.4, 1.3]]
     pool = write_pool(tmp_path / "clipped", rows, [2])
-    with caplog.at_level(logging.WARNING, logger="curate.shard_writer"):
+    with caplog.at_level(logging.WARNING, logger="curate.steps.tars"):
         manifest = reshard(run, tmp_path / "shards", ReshardConfig(blur_faces=True), pool=pool, workers=1)
     assert manifest["face_boxes_clipped"] == {"samples": 1, "examples": [rows[1]["uid"]]}
     assert manifest["blurred"] == 2 and "outside 0..1, clipped" in caplog.text

@@ -9,13 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import pipeline
-from curate.datacomp import import_datacomp
-from curate.embeddings import decode, encode
+from curate.steps.datacomp import import_datacomp
+from curate.kernels.embeddings import decode, encode
 from curate.engines.local import merge_partials
 from curate.recipe import parse_recipe
-from curate.score import ScoreConfig, apply, key_value, order_keys, score_histogram, settle_threshold
-from curate.stage import RecipeError
-from curate.synthetic import write_datacomp_pool
+from curate.stages.score import ScoreConfig, apply, key_value, order_keys, score_histogram, settle_threshold
+from curate.contract import RecipeError
+from curate.demo.synthetic import write_datacomp_pool
 
 
 def numpy_keep(values: np.ndarray, fraction: float) -> np.ndarray:
@@ -169,7 +169,7 @@ def test_spark_score_equals_local(bad_embedding_pool, tmp_path, spark):
 
 
 def test_scores_this_runs_embed_stage_and_checks_its_model(bad_embedding_pool, tmp_path):
-    """An `embed` stage output as curate.embed writes it: plain binary float16 columns, the model
+    """An `embed` stage output as curate.stages.embed writes it: plain binary float16 columns, the model
     at the top of its manifest (written here by hand, so no model has to run)."""
     from curate.runio import write_manifest
 

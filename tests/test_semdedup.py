@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import semdedup
-from curate.embeddings import encode
-from curate.semdedup import SemDedupConfig
+from curate.stages import semdedup
+from curate.kernels.embeddings import encode
+from curate.stages.semdedup import SemDedupConfig
 from tests.test_cluster import planted_embeddings, run, table, write_embedding_pool
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curate.demo import prepare_trusted
-from curate.reshard import ReshardConfig, reshard
-from curate.train_dfn import run_trainer
+from curate.demo.run import prepare_trusted
+from curate.steps.reshard import ReshardConfig, reshard
+from curate.steps.train_dfn import run_trainer
 from curate.uid import uid_pairs, write_datacomp_subset
 
 EPOCHS, BATCH = 6, 32

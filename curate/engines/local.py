@@ -27,7 +27,7 @@ from tqdm import tqdm
 from curate.engines import plan as planning
 from curate.pool import Shard, read_shard, scan_shards
 from curate.runio import atomic_write_ipc, atomic_write_table, done_stats, is_done, mark_done, read_manifest, write_manifest
-from curate.stage import CARRY_PREFIX, RecipeError, Stage
+from curate.contract import CARRY_PREFIX, RecipeError, Stage
 from curate.stages import get_stage
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from curate.pool import Shard, shard_columns
 from curate.runio import MANIFEST, atomic_write_table, read_manifest
-from curate.stage import RecipeError, Stage, config_dict
+from curate.contract import RecipeError, Stage, config_dict
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from curate.engines import plan as planning
 from curate.pool import Shard, scan_shards
 from curate.runio import read_manifest, write_manifest
-from curate.stage import Stage
+from curate.contract import Stage
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,315 @@
+"""The HTML curation report: OUT/report.html, one self-contained page per finished run.
+
+- the funnel: rows left after each stage (cumulative AND of ``<stage>_keep`` in recipe order),
+  rows removed per stage and reason, the demo pool's ground-truth precision and recall;
+- score histograms, threshold marked: ``score_clip`` (threshold: the score stage's fitted
+  artifact) and the LAION-2B rule's score column (``min_score``);
+- MetaCLIP's head/tail curve (Xu et al. 2023, "Demystifying CLIP Data"), entry counts before and
+  after balancing, from OUT/metaclip/_entry_counts.parquet;
+- cluster sizes before/after pruning: k-means clusters and SemDeDup (Abbas et al. 2023), DBP's
+  clusters and quotas (Abbas et al. 2024);
+- sample cards per stage and group (kept, or a removal reason): thumbnail, caption, scores,
+  chosen by uid (``pick_samples``); a pool without image bytes gets captions only.
+
+Figures (matplotlib PNGs) and thumbnails (JPEGs) are base64 data URIs: the page needs no server,
+no network, no JavaScript. Memory: the decisions table (uid, keep/reason columns) and one pool
+shard at a time; image bytes are read only for the rows picked.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from curate.pool import list_shards, shard_columns
+from curate.reports.summary import decisions
+from curate.runio import read_json
+
+log = logging.getLogger(__name__)
+
+REPORT_HTML = "report.html"
+PER_GROUP = 4          # sample cards per (stage, group)
+THUMB_PX = 96          # thumbnails fit in a THUMB_PX square
+CAPTION_CHARS = 160    # longer captions are cut on the page
+BINS = 50
+STYLE = """body{font:14px sans-serif;margin:2em;max-width:1200px;color:#222}h2{border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}
+td.n{text-align:right}.cards{display:flex;flex-wrap:wrap;gap:8px}
+.card{width:180px;border:1px solid #ddd;padding:4px;font-size:12px}.card img{display:block;margin:auto}
+.kept{background:#eef8ee}.removed{background:#fbeeee}.note{color:#a33}code{background:#f4f4f4}"""
+
+
+def write_html_report(run_dir: Path, pool_dir: Path | None = None) -> Path:
+    """Write RUN_DIR/report.html (atomically) and return its path."""
+    run_dir = Path(run_dir)
+    report = read_json(run_dir / "report.json")
+    pool_dir = Path(pool_dir or read_json(run_dir / "_run.json")["pool"])
+    if not pool_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: the run's pool {pool_dir} is not a directory (pass --pool)")
+    stage_names = list(report["stages"])
+    table = decisions(pool_dir, run_dir, stage_names)
+    sections = [_header(report, run_dir), _funnel(report, table, stage_names), _scores(report, run_dir, pool_dir),
+                _metaclip(report, run_dir), _clusters(run_dir), _samples(table, stage_names, run_dir, pool_dir)]
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>curate report: {_esc(run_dir.name)}"
+            f"</title><style>{STYLE}</style></head><body>{''.join(s for s in sections if s)}</body></html>")
+    path = run_dir / REPORT_HTML
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    log.info("wrote %s (%d KB)", path, len(page) // 1024)
+    return path
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _figure_html(figure, alt: str) -> str:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=90)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f"<p><img class='figure' alt='{_esc(alt)}' src='data:image/png;base64,{data}'></p>"
+
+
+def _subplots(*args, **kwargs):
+    """A figure and its axes without pyplot: no global state, no backend switch (PNG through Agg)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=kwargs.pop("figsize"))
+    return figure, figure.subplots(*args, **kwargs)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    cells = ["".join(f"<td class='n'>{v}</td>" if isinstance(v, (int, float)) else f"<td>{_esc(v or '')}</td>"
+                     for v in row) for row in rows]
+    body = "".join(f"<tr>{row}</tr>" for row in cells)
+    return f"<table>{f'<tr>{head}</tr>' if any(header) else ''}{body}</table>"
+
+
+def _header(report: dict, run_dir: Path) -> str:
+    recipe = report.get("recipe", {})
+    facts = [["run directory", str(run_dir)], ["pool", report.get("pool")], ["recipe", recipe.get("name")],
+             ["engine", report.get("engine")], ["select", report.get("select")],
+             ["rows in", report["rows_in"]], ["rows out", report["rows_out"]]]
+    return "<h1>Curation report</h1>" + _table(["", ""], facts)
+
+
+def _funnel(report: dict, table: pl.DataFrame, stage_names: list[str]) -> str:
+    steps, mask = [("pool", table.height)], pl.lit(True)
+    if "status" in table.columns:
+        mask = pl.col("status") == "success"
+        steps.append(("downloaded", int(table.select(mask.sum()).item())))
+    for name in stage_names:
+        mask = mask & pl.col(f"{name}_keep").fill_null(False)
+        steps.append((f"+ {name}", int(table.select(mask.sum()).item())))
+    steps.append(("selected", report["rows_out"]))
+    removals = [(f"{name}: {reason}", n, f"C{index}") for index, (name, info) in enumerate(report["stages"].items())
+                for reason, n in info["by_reason"].items()]
+    figure, (left, right) = _subplots(1, 2, figsize=(11, 0.35 * max(len(steps), len(removals)) + 1.5))
+    left.barh([s for s, _ in steps][::-1], [n for _, n in steps][::-1], color="#4a7")
+    left.set_title("rows left (stages ANDed in recipe order)")
+    for label, n, color in removals[::-1]:
+        right.barh(label, n, color=color)
+    right.set_title("rows removed, by stage and reason")
+    truth = report.get("ground_truth", {}).get("stages", {})
+    rows = [[name, info["removed"], info["removed_only_by_this_stage"],
+             ", ".join(f"{reason} {n}" for reason, n in info["by_reason"].items()),
+             truth.get(name, {}).get("precision"), truth.get(name, {}).get("recall")]
+            for name, info in report["stages"].items()]
+    header = ["stage", "removed", "removed by this stage only", "by reason", "precision (ground truth)", "recall"]
+    return ("<h2>Funnel</h2>" + _figure_html(figure, "funnel") + _table(["step", "rows left"], steps)
+            + _table(header, rows))
+
+
+def _score_sources(report: dict, run_dir: Path, pool_dir: Path) -> list[tuple[str, list[Path], str, float]]:
+    """(stage, files, float column, threshold) for each score a stage of this run thresholds."""
+    stages = report.get("recipe", {}).get("stages", {})
+    sources = []
+    if "score" in stages and (run_dir / "score" / "_artifact.parquet").exists():
+        threshold = pl.read_parquet(run_dir / "score" / "_artifact.parquet")["threshold"][0]
+        sources.append(("score", sorted((run_dir / "score").glob("part-*.parquet")), "score_clip", threshold))
+    column = stages.get("laion2b", {}).get("score_column")
+    if column and column in shard_columns(list_shards(pool_dir)[0]):
+        sources.append(("laion2b", list_shards(pool_dir), column, stages["laion2b"]["min_score"]))
+    return sources
+
+
+def histogram(files: list[Path], column: str, bins: int = BINS) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Counts and edges of the finite values of ``column`` (lazy, streaming), and the rows without one."""
+    frame = pl.scan_parquet([str(f) for f in files]).select(pl.col(column).cast(pl.Float64).alias("x"))
+    finite = frame.filter(pl.col("x").is_finite())
+    low, high, total = frame.select(pl.col("x").filter(pl.col("x").is_finite()).min().alias("low"),
+                                    pl.col("x").filter(pl.col("x").is_finite()).max().alias("high"), pl.len()).collect().row(0)
+    if low is None:
+        return None
+    width = (high - low) / bins or 1.0
+    index = ((pl.col("x") - low) / width).floor().clip(0, bins - 1).cast(pl.Int64).alias("bin")
+    counted = finite.group_by(index).len().collect()
+    counts = np.zeros(bins, dtype=np.int64)
+    counts[counted["bin"].to_numpy()] = counted["len"].to_numpy()
+    return counts, low + width * np.arange(bins + 1), int(total - counts.sum())
+
+
+def _scores(report: dict, run_dir: Path, pool_dir: Path) -> str:
+    parts = []
+    for stage, files, column, threshold in _score_sources(report, run_dir, pool_dir):
+        result = histogram(files, column)
+        if result is None:
+            parts.append(f"<p class='note'>{_esc(stage)}: no finite <code>{_esc(column)}</code> value.</p>")
+            continue
+        counts, edges, missing = result
+        figure, axes = _subplots(figsize=(7, 3.2))
+        axes.stairs(counts, edges, fill=True, color="#48c")
+        if threshold is not None and np.isfinite(threshold):
+            axes.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:.4g}")
+            axes.legend()
+        axes.set_xlabel(column)
+        axes.set_ylabel("rows")
+        axes.set_title(f"{stage}: {column}")
+        parts.append(_figure_html(figure, f"{stage} {column} histogram")
+                     + f"<p>{missing} row(s) without a finite {_esc(column)}.</p>")
+    return "<h2>Scores</h2>" + "".join(parts) if parts else ""
+
+
+def _metaclip(report: dict, run_dir: Path) -> str:
+    path = run_dir / "metaclip" / "_entry_counts.parquet"
+    if "metaclip" not in report.get("stages", {}) or not path.exists():
+        return ""
+    counts = pl.read_parquet(path, columns=["count_pool", "count_balanced"]).filter(pl.col("count_pool") > 0)
+    counts = counts.sort("count_pool", descending=True, maintain_order=True)
+    rank = np.arange(1, counts.height + 1)
+    figure, axes = _subplots(figsize=(7, 4))
+    axes.loglog(rank, counts["count_pool"].to_numpy(), label="pool (before balancing)")
+    axes.loglog(rank, np.maximum(counts["count_balanced"].to_numpy(), 0.8), ".", ms=2, label="after balancing")
+    t = (report.get("metaclip") or {}).get("t")
+    if t:
+        axes.axhline(t, color="k", ls="--", lw=1, label=f"t = {t:,}")
+    axes.set_xlabel("entry rank by pool count")
+    axes.set_ylabel("texts matching the entry")
+    axes.legend()
+    return "<h2>MetaCLIP entry counts (head / tail)</h2>" + _figure_html(figure, "metaclip head/tail")
+
+
+def cluster_sizes(run_dir: Path) -> dict[str, np.ndarray]:
+    """Cluster sizes, descending, per series: k-means clusters before/after SemDeDup, DBP's before/after."""
+    series = {}
+    if (run_dir / "cluster" / "_manifest.json").exists():
+        members = pl.scan_parquet(str(run_dir / "cluster" / "part-*.parquet")).select("uid", "cluster_id")
+        members = members.filter(pl.col("cluster_id").is_not_null())
+        series["k-means clusters"] = members
+        if (run_dir / "semdedup" / "_manifest.json").exists():
+            kept = pl.scan_parquet(str(run_dir / "semdedup" / "part-*.parquet")).filter(pl.col("semdedup_keep"))
+            series["after SemDeDup"] = members.join(kept.select("uid"), on="uid", how="semi")
+    sizes = {name: frame.group_by("cluster_id").len().collect()["len"].to_numpy() for name, frame in series.items()}
+    if (run_dir / "dbp" / "clusters.parquet").exists():
+        clusters = pl.read_parquet(run_dir / "dbp" / "clusters.parquet", columns=["size", "quota"])
+        sizes["DBP clusters"], sizes["after DBP (quotas)"] = clusters["size"].to_numpy(), clusters["quota"].to_numpy()
+    return {name: np.sort(values)[::-1] for name, values in sizes.items()}
+
+
+def _clusters(run_dir: Path) -> str:
+    sizes = cluster_sizes(run_dir)
+    if not sizes:
+        return ""
+    figure, axes = _subplots(figsize=(7, 4))
+    for name, values in sizes.items():
+        axes.plot(np.arange(1, len(values) + 1), values, label=name, marker="." if len(values) <= 100 else None)
+    axes.set_xlabel("cluster rank by size")
+    axes.set_ylabel("members")
+    largest, smallest = max(v.max() for v in sizes.values()), min(v.min() for v in sizes.values())
+    axes.set_yscale("log" if largest > 100 * max(smallest, 1) else "linear")
+    axes.legend()
+    rows = [[name, len(v), int(v.sum()), int(v.min()), int(np.median(v)), int(v.max())] for name, v in sizes.items()]
+    return ("<h2>Cluster sizes before / after pruning</h2>" + _figure_html(figure, "cluster sizes")
+            + _table(["series", "clusters", "members", "min", "median", "max"], rows))
+
+
+def pick_samples(table: pl.DataFrame, stage_names: list[str], per_group: int = PER_GROUP) -> pl.DataFrame:
+    """stage, group (kept / reason / selected), uid: per group, the per_group lowest ranks, where a
+    rank is the uid's first 60 bits XOR a key of the stage (uids are hashes: a different
+    pseudo-random order per stage, the same on every run; 20x cheaper than uid_uniform)."""
+    prefix = table.select(pl.col("uid").str.slice(0, 15).str.to_integer(base=16, strict=False).cast(pl.Int64))
+    frames, prefix = [], prefix.to_series().to_numpy()
+    for name in [*stage_names, "subset"]:
+        if name == "subset":
+            group = pl.when(pl.col("selected")).then(pl.lit("selected")).otherwise(pl.lit("not selected"))
+        else:
+            keep, reason = pl.col(f"{name}_keep").fill_null(False), f"{name}_reason"
+            fallback = pl.col(reason).fill_null("removed") if reason in table.columns else pl.lit("removed")
+            group = pl.when(keep).then(pl.lit("kept")).otherwise(fallback)
+        key = int.from_bytes(hashlib.blake2b(f"report:{name}".encode(), digest_size=7).digest(), "little")
+        ranked = table.select("uid", group.alias("group")).with_columns(rank=prefix ^ np.int64(key))
+        picked = ranked.group_by("group").agg(pl.col("uid").sort_by("rank", "uid").head(per_group))
+        picked = picked.sort(pl.col("group").is_in(["kept", "selected"]).not_(), "group")
+        frames.append(picked.explode("uid").with_columns(stage=pl.lit(name)))
+    return pl.concat(frames).select("stage", "group", "uid")
+
+
+def sample_rows(pool_dir: Path, run_dir: Path, uids: list[str]) -> tuple[pl.DataFrame, bool]:
+    """Pool columns (text, jpg, status, score columns) of just these uids, one shard at a time;
+    and whether the pool has image bytes."""
+    shards = list_shards(pool_dir)
+    available = shard_columns(shards[0])
+    wanted = [c for c in available if c in ("uid", "text", "jpg", "status") or c.endswith("similarity_score")]
+    frames = [pl.scan_parquet(str(shard)).select(wanted).filter(pl.col("uid").is_in(uids)).collect()
+              for shard in shards]
+    rows = pl.concat(frames, how="vertical_relaxed")
+    if (run_dir / "score" / "_manifest.json").exists():
+        scores = pl.scan_parquet(str(run_dir / "score" / "part-*.parquet")).select("uid", "score_clip")
+        rows = rows.join(scores.filter(pl.col("uid").is_in(uids)).collect(), on="uid", how="left")
+    return rows, "jpg" in available
+
+
+def thumbnail(data: bytes | None) -> str | None:
+    """A base64 JPEG of the image fitted in THUMB_PX; None when missing or undecodable."""
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image = image.convert("RGB")
+            image.thumbnail((THUMB_PX, THUMB_PX))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=80)
+    except Exception:  # corrupt or truncated bytes: PIL raises several types
+        return None
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _card(row: dict[str, Any], group: str, images: bool) -> str:
+    text = row.get("text") or ""
+    caption = _esc(text[:CAPTION_CHARS] + ("…" if len(text) > CAPTION_CHARS else ""))
+    scores = " ".join(f"{k} {v:.3f}" if v == v else f"{k} n/a" for k, v in row.items()
+                      if (k == "score_clip" or k.endswith("similarity_score")) and isinstance(v, float))
+    picture = ""
+    if images:
+        data = thumbnail(row.get("jpg"))
+        picture = (f"<img class='thumb' alt='{_esc(row['uid'])}' src='data:image/jpeg;base64,{data}'>" if data
+                   else f"<div class='note'>no image ({_esc(row.get('status') or 'undecodable')})</div>")
+    css = "kept" if group in ("kept", "selected") else "removed"
+    return (f"<div class='card {css}'>{picture}<div>{caption}</div>"
+            f"<div><code>{_esc(row['uid'][:12])}</code> {_esc(scores)}</div></div>")
+
+
+def _samples(table: pl.DataFrame, stage_names: list[str], run_dir: Path, pool_dir: Path) -> str:
+    picked = pick_samples(table, stage_names)
+    rows, images = sample_rows(pool_dir, run_dir, picked["uid"].unique().to_list())
+    by_uid = {row["uid"]: row for row in rows.iter_rows(named=True)}
+    parts = ["<h2>Samples per stage and reason</h2>",
+             "" if images else "<p class='note'>The pool has no image bytes (no <code>jpg</code> column): "
+                               "captions only.</p>"]
+    for (stage, group), members in picked.group_by(["stage", "group"], maintain_order=True):
+        cards = "".join(_card(by_uid[uid], group, images) for uid in members["uid"] if uid in by_uid)
+        parts.append(f"<h3>{_esc(stage)}: {_esc(group)}</h3><div class='cards'>{cards}</div>")
+    return "".join(parts)

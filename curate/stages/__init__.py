@@ -1,0 +1,31 @@
+"""The stage list: stage name -> module that defines ``STAGE``.
+
+An explicit table rather than registration by import side effect; a stage module is
+imported only when a recipe or command names it (so heavy dependencies load on demand).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from curate.contract import RecipeError, Stage
+
+STAGE_MODULES = {
+    "basic": "curate.stages.basic",
+    "laion2b": "curate.stages.laion2b",
+    "align": "curate.stages.align",
+    "embed": "curate.stages.embed",
+    "score": "curate.stages.score",
+    "text_based": "curate.stages.text_based",
+    "image_based": "curate.stages.image_based",
+    "metaclip": "curate.stages.metaclip",
+    "cluster": "curate.stages.cluster",
+    "semdedup": "curate.stages.semdedup",
+    "dbp": "curate.stages.dbp",
+}
+
+
+def get_stage(name: str) -> Stage:
+    if name not in STAGE_MODULES:
+        raise RecipeError(f"unknown stage {name!r}; known stages: {sorted(STAGE_MODULES)}")
+    return importlib.import_module(STAGE_MODULES[name]).STAGE

@@ -1,0 +1,233 @@
+"""DataComp's image-based baseline (Gadre et al. 2023, "DataComp: In search of the next generation
+of multimodal datasets"; mlfoundations/datacomp ``baselines/image_based_clustering.py`` and
+``baselines/apply_filter.py``: ``caption_filter``, ``image_filter_helper``), DESIGN.md 4.1.
+
+1. Caption filter: fastText lid.176 top-1 of ``text.replace("\\n", " ")`` is "en", more than one
+   fastText token (``len(fasttext.tokenize(text)) > 1`` on the raw text: tokens are split on
+   space, \\t, \\v, \\f, \\r, NUL and \\n, and every \\n also counts as an end-of-line token "</s>"),
+   and ``len(text) > 5``. No size rule.
+2. Clusters: k-means (faiss) of the pool's image embeddings (DataComp: OpenAI ViT-L/14, the npz
+   ``l14_img``), with DataComp's settings: k = 100,000, 20 iterations, seed 0, plain L2 k-means
+   (``faiss.Clustering`` defaults; ``spherical: true`` normalises the centroids instead), no
+   subsampling by faiss, trained on the caption-filtered pool. The training set is collected
+   through the stage's fit: each batch passes on its caption-filtered rows whose uid-hashed
+   uniform (curate.uid.uid_uniform) is below ``sample_fraction`` (DataComp: all rows of small
+   and medium, 0.3 of large, 0.03 of xlarge), keyed by uid, so the engines' merge is an identity
+   and hands ``finalize`` the sample in uid order whatever the partitioning.
+3. Targets: the centroid nearest (largest dot product) to each target embedding. DataComp's
+   targets are the ImageNet-1k training images embedded by the same model; offline, any
+   (n, dim) set from the same model, e.g. the text embeddings of the ImageNet class prompts,
+   given as ``targets`` (a .npy, or a .parquet with one float16 embedding column as written by
+   curate.kernels.embeddings or a list<float> column).
+4. Keep a sample iff it passes the caption filter and its nearest centroid (largest dot
+   product, first on ties) is the nearest centroid of at least one target.
+
+The artifact is the centroids with a ``target`` flag, so ``apply`` needs nothing else. The
+largest dot product is decided exactly enough that it cannot depend on batching: float32 scores
+pick the candidates within a rigorous rounding bound of the best, float64 decides among them.
+
+Columns added: ``image_based_keep``; ``image_based_reason`` (null when kept, else no_text,
+not_english, few_tokens, too_short, no_embedding, non_finite, zero_norm, not_target_cluster);
+``image_based_cluster`` (int32 nearest centroid, null without a usable embedding).
+
+Decisions where DataComp's code leaves room: NaN/Inf or all-zero image embeddings are never
+selected (its argmax would put them in cluster 0); a null caption is no_text; a sample_fraction
+below 1 draws each row once by uid hash (DataComp's ``np.random.choice`` draws per shard, with
+replacement), so the sample does not depend on sharding. faiss gave identical centroids with 1
+and 2 threads here; both engines train in the driver on the same uid-ordered sample. The intersect
+baseline (CLIP score first, then image-based) is ``score_keep AND image_based_keep``: DataComp
+clusters and picks target clusters on the whole pool, thresholds on the whole pool, and only
+then intersects (``load_uids_with_image_filter`` with a fraction), so the stages are independent.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.kernels.embeddings import as_fixed_size, decode, embedding_columns
+from curate.models.langid import fasttext_top1
+from curate.kernels.rules import char_lengths, decide, is_null
+from curate.stages.score import check_model, embedding_matrix
+from curate.contract import Fit, RecipeError, Stage
+from curate.uid import uid_uniform
+
+log = logging.getLogger(__name__)
+
+FASTTEXT_WORD = re.compile("[^ \t\v\f\r\n\x00]+")  # fastText Dictionary::readWord separators
+SAMPLE_SCHEMA = pa.schema([("uid", pa.string()), ("image_emb", pa.binary()), ("rows", pa.int64())])
+CHUNK_ELEMENTS = 1 << 23  # rows x centroids scored at once (32 MiB of float32)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageBasedConfig:
+    # Defaults: DataComp's image-based baseline (Gadre et al. 2023; image_based_clustering.py).
+    embeddings: str = "l14"             # OpenAI ViT-L/14 image embeddings (npz l14_img), or "embed", "b32"
+    model: str | None = None            # refuse embeddings whose manifest names another model
+    targets: str | None = None          # (n, dim) target embeddings, .npy or .parquet (required)
+    clusters: int = 100_000             # --num_clusters 100000
+    iterations: int = 20                # cluster.niter = 20
+    spherical: bool = False             # faiss.Clustering default: L2 k-means
+    sample_fraction: float = 1.0        # share of caption-filtered rows k-means trains on
+    seed: int = 0                       # k-means seed and uid-hash seed
+    language: str = "en"
+    min_tokens_exclusive: int = 1       # len(fasttext.tokenize(text)) > 1
+    min_chars_exclusive: int = 5        # len(text) > 5
+
+    def __post_init__(self):
+        if self.targets is None:
+            raise RecipeError("image_based: targets is required: a .npy or .parquet of target embeddings from the "
+                              "same model (e.g. --set image_based.targets=PATH)")
+        if not 0.0 < self.sample_fraction <= 1.0 or self.clusters < 1 or self.iterations < 1:
+            raise RecipeError("image_based: need 0 < sample_fraction <= 1, clusters >= 1, iterations >= 1")
+
+
+def fasttext_token_counts(texts: list[str | None]) -> np.ndarray:
+    """``len(fasttext.tokenize(text))``: words between fastText's separators, plus one "</s>" per \\n."""
+    return np.fromiter((0 if text is None else len(FASTTEXT_WORD.findall(text)) + text.count("\n") for text in texts),
+                       dtype=np.int64, count=len(texts))
+
+
+def caption_checks(table: pa.Table, cfg: ImageBasedConfig) -> list[tuple[str, np.ndarray]]:
+    text = table.column("text")
+    texts = text.to_pylist()
+    languages = np.array(fasttext_top1(texts), dtype=object)
+    return [("no_text", is_null(text)), ("not_english", languages != cfg.language),
+            ("few_tokens", fasttext_token_counts(texts) <= cfg.min_tokens_exclusive),
+            ("too_short", char_lengths(text) <= cfg.min_chars_exclusive)]
+
+
+def image_column(cfg: ImageBasedConfig) -> str:
+    return embedding_columns(cfg.embeddings)[0]
+
+
+def training_sample(table: pa.Table, cfg: ImageBasedConfig, previous: pa.Table | None = None) -> pa.Table:
+    """Partial: the caption-filtered rows with a usable embedding in the uid-hashed sample."""
+    if table.num_rows == 0:
+        return SAMPLE_SCHEMA.empty_table()
+    name = image_column(cfg).rpartition(":")[2]
+    _, problems = embedding_matrix(table.column(name), name)
+    passed, _ = decide([*caption_checks(table, cfg), *problems], table.num_rows)
+    chosen = passed.to_numpy(zero_copy_only=False) & (uid_uniform(table.column("uid"), cfg.seed, "image_based")
+                                                      < cfg.sample_fraction)
+    rows = table.filter(pa.array(chosen))
+    return pa.table({"uid": rows.column("uid"), "image_emb": rows.column(name).cast(pa.binary()),
+                     "rows": np.ones(rows.num_rows, dtype=np.int64)}, schema=SAMPLE_SCHEMA)
+
+
+def train_kmeans(vectors: np.ndarray, cfg: ImageBasedConfig) -> np.ndarray:
+    import faiss
+
+    count, dim = vectors.shape
+    if count < cfg.clusters:
+        raise RecipeError(f"image_based: {count} training embeddings for {cfg.clusters} clusters; lower "
+                          f"image_based.clusters or raise image_based.sample_fraction")
+    clustering = faiss.Clustering(dim, cfg.clusters)
+    clustering.niter, clustering.seed, clustering.spherical = cfg.iterations, cfg.seed, cfg.spherical
+    clustering.max_points_per_centroid = max(count, 1)  # DataComp: no subsampling
+    clustering.verbose = False
+    index = faiss.IndexFlatIP(dim) if cfg.spherical else faiss.IndexFlatL2(dim)
+    clustering.train(np.ascontiguousarray(vectors, dtype=np.float32), index)
+    return faiss.vector_float_to_array(clustering.centroids).reshape(cfg.clusters, dim)
+
+
+def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the largest dot product per row (first on ties), independent of batching: float32
+    scores, then float64 among the centroids within float32's rounding bound of the best."""
+    vectors, centroids = np.asarray(vectors, np.float32), np.asarray(centroids, np.float32)
+    bound = 2.0 * vectors.shape[1] * np.finfo(np.float32).eps * np.linalg.norm(centroids, axis=1).max()
+    out = np.empty(len(vectors), dtype=np.int64)
+    step = max(1, CHUNK_ELEMENTS // max(1, len(centroids)))
+    for start in range(0, len(vectors), step):
+        chunk = vectors[start:start + step]
+        scores = chunk @ centroids.T
+        best = scores.argmax(axis=1)
+        margin = bound * np.linalg.norm(chunk, axis=1) + np.float32(1e-30)
+        close = scores >= (scores[np.arange(len(chunk)), best] - margin)[:, None]
+        rows, candidates = np.nonzero(close[close.sum(axis=1) > 1])
+        if len(rows):
+            many = np.flatnonzero(close.sum(axis=1) > 1)
+            exact = np.einsum("ij,ij->i", chunk[many[rows]].astype(np.float64),
+                              centroids[candidates].astype(np.float64))
+            order = np.lexsort((candidates, -exact, rows))  # per row: largest, then lowest index
+            first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
+            best[many[rows[first]]] = candidates[first]
+        out[start:start + step] = best
+    return out
+
+
+def load_targets(path: str, dim: int) -> np.ndarray:
+    """(n, dim) float32 target embeddings from .npy or .parquet; any non-finite row is an error."""
+    source = Path(path)
+    if not source.is_file():
+        raise RecipeError(f"image_based: targets file {source} does not exist")
+    if source.suffix == ".npy":
+        matrix = np.load(source, allow_pickle=False)
+    else:
+        import pyarrow.parquet as pq
+
+        column = pq.read_table(source).column(0).combine_chunks()
+        if pa.types.is_fixed_size_binary(as_fixed_size(column).type):
+            matrix = decode(column)
+        else:
+            matrix = np.stack(column.to_numpy(zero_copy_only=False))
+    matrix = np.asarray(matrix, dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[1] != dim or not len(matrix):
+        raise RecipeError(f"image_based: targets {source} have shape {matrix.shape}; expected (n >= 1, {dim}) "
+                          f"like the pool's image embeddings")
+    bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+    if len(bad):
+        raise RecipeError(f"image_based: targets {source} row {bad[0]} is not finite")
+    return matrix
+
+
+def fit_clusters(merged: pa.Table, cfg: ImageBasedConfig, previous: pa.Table | None = None) -> pa.Table:
+    """Finalize: k-means on the sample (in uid order), then flag the targets' nearest centroids."""
+    vectors = decode(merged.column("image_emb")).astype(np.float32)
+    log.info("image_based: k-means with %d clusters on %d embeddings", cfg.clusters, len(vectors))
+    centroids = train_kmeans(vectors, cfg)
+    targets = load_targets(cfg.targets, centroids.shape[1])
+    target_clusters = np.bincount(nearest_centroids(targets, centroids), minlength=cfg.clusters)
+    log.info("image_based: %d target embeddings fall in %d of %d clusters", len(targets),
+             int((target_clusters > 0).sum()), cfg.clusters)
+    flat = pa.array(centroids.reshape(-1), pa.float32())
+    return pa.table({"centroid": pa.FixedSizeListArray.from_arrays(flat, centroids.shape[1]),
+                     "targets": pa.array(target_clusters, pa.int64())})
+
+
+def apply(table: pa.Table, cfg: ImageBasedConfig, artifact: pa.Table | None) -> pa.Table:
+    if artifact is None:
+        raise RuntimeError("image_based: the clusters were not fitted; run the stage through an engine")
+    name = image_column(cfg).rpartition(":")[2]
+    vectors, problems = embedding_matrix(table.column(name), name)
+    column = artifact.column("centroid").combine_chunks()
+    centroids = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
+    usable = ~np.isnan(vectors).any(axis=1) if vectors.shape[1] else np.zeros(table.num_rows, dtype=bool)
+    if vectors.shape[1] and vectors.shape[1] != centroids.shape[1]:
+        raise ValueError(f"image_based: {name} has dimension {vectors.shape[1]}, the centroids {centroids.shape[1]}")
+    cluster = np.zeros(table.num_rows, dtype=np.int64)
+    cluster[usable] = nearest_centroids(vectors[usable], centroids)
+    is_target = artifact.column("targets").to_numpy()[cluster] > 0
+    checks = [*caption_checks(table, cfg), *problems, ("not_target_cluster", usable & ~is_target)]
+    keep, reason = decide(checks, table.num_rows)
+    return pa.table({"image_based_keep": keep, "image_based_reason": reason,
+                     "image_based_cluster": pa.array(cluster, pa.int32(), mask=~usable)})
+
+
+STAGE = Stage(
+    name="image_based",
+    config=ImageBasedConfig,
+    reads=lambda cfg: ("uid", "text", image_column(cfg)),
+    adds=pa.schema([("image_based_keep", pa.bool_()), ("image_based_reason", pa.string()),
+                    ("image_based_cluster", pa.int32())]),
+    apply=apply,
+    fit=Fit(partial=training_sample, keys=("uid", "image_emb"), finalize=fit_clusters),
+    summary="DataComp image-based: caption filter, then keep images whose k-means cluster is nearest to a target",
+    check_inputs=lambda cfg, manifests: check_model("image_based", cfg.embeddings, cfg.model, manifests),
+)

@@ -1,0 +1,127 @@
+"""SemDeDup (Abbas et al. 2023, "SemDeDup: Data-efficient learning at web-scale through semantic
+deduplication"), DESIGN.md 4.3, per cluster of the ``cluster`` stage.
+
+Within a cluster, members are ordered by descending cosine distance to the centroid (ascending
+``cluster_sim``, farthest first), ties by uid. Member j is removed iff its largest cosine
+similarity to ANY earlier member (removed or not) is > 1 - eps; the first member and a cluster
+of one always stay. ``semdedup_duplicate_of`` is the uid of the EARLIEST member in that order
+whose similarity to j is > 1 - eps. With ``prefer_column`` (e.g. a DFN score) the order is that
+column descending instead (null/NaN last), ties by uid, so of a set of duplicates the one with
+the highest score is kept.
+
+Numerics: similarities are float32 dot products of the unit rows (curate.kmeans.normalise) and
+compared with float32(1 - eps). The similarity matrix is never materialised: ``first_duplicates``
+takes blocks of rows against all earlier rows (a block holds at most ``BLOCK_ELEMENTS`` floats),
+which is the dense rule exactly, so a cluster costs its n x dim float32 vectors plus one block
+(a 1M-member cluster of 512-d vectors: 2 GB + 64 MB). Clusters must fit that way in one
+worker; the fit caps nothing, so choose k so the largest cluster fits (k-means with
+max_points_per_centroid keeps clusters far below this at n / k ~ 10^4).
+
+Per-group work runs through the engines' group path (Stage.group_by = ``cluster_id``): local,
+a bounded shuffle through files; Spark, ``groupBy().applyInArrow``. Rows without a cluster
+(no usable embedding) are not kept: ``semdedup_reason`` is the cluster stage's reason.
+
+Columns added: ``semdedup_keep``; ``semdedup_duplicate_of`` (uid, removed rows only);
+``semdedup_reason`` (null when kept, ``duplicate``, or no_embedding / non_finite / zero_norm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.stages.cluster import MODALITIES, unit_rows, vector_specs
+from curate.contract import RecipeError, Stage
+
+BLOCK_ELEMENTS = 1 << 24  # similarities computed at once (64 MiB of float32)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SemDedupConfig:
+    # Defaults: SemDeDup (Abbas et al. 2023): eps = 0.07 keeps about 63% of LAION-440M.
+    eps: float = 0.07
+    embeddings: str = "b32"            # must be the cluster stage's embeddings and modality
+    modality: str = "image"
+    prefer_column: str | None = None   # order by this column (descending) instead of distance
+
+    def __post_init__(self):
+        if not 0.0 <= self.eps <= 2.0 or self.modality not in MODALITIES:
+            raise RecipeError(f"semdedup: need 0 <= eps <= 2 and modality in {MODALITIES}")
+
+
+def first_duplicates(vectors: np.ndarray, eps: float) -> np.ndarray:
+    """Members in their dedup order (unit rows) -> per member the position of the earliest
+    earlier member with cosine > 1 - eps, or -1 (kept)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    count, threshold = len(vectors), np.float32(1.0 - eps)
+    first = np.full(count, -1, dtype=np.int64)
+    block = max(1, BLOCK_ELEMENTS // max(count, 1))
+    for start in range(0, count, block):
+        stop = min(count, start + block)
+        sims = vectors[start:stop] @ vectors[:stop].T  # block rows x all members up to the block's end
+        sims[:, start:] = np.where(np.tri(stop - start, k=-1, dtype=bool), sims[:, start:], -np.inf)  # earlier only
+        hits = sims > threshold
+        found = hits.any(axis=1)
+        first[start:stop][found] = hits[found].argmax(axis=1)
+    return first
+
+
+def dedup_order(table: pa.Table, cfg: SemDedupConfig) -> np.ndarray:
+    """Row indices grouped by cluster (ascending id, nulls last), each cluster in dedup order:
+    farthest first (or prefer_column descending, null/NaN last), ties by uid."""
+    uids = np.asarray(table.column("uid").to_pylist(), dtype=object)
+    if cfg.prefer_column is None:
+        primary = np.asarray(table.column("cluster_sim").to_numpy(zero_copy_only=False), dtype=np.float64)
+    else:
+        score = pc.cast(table.column(cfg.prefer_column), pa.float64()).to_numpy(zero_copy_only=False)
+        primary = np.where(np.isnan(score), np.inf, -score)
+    clusters = pc.fill_null(table.column("cluster_id"), np.iinfo(np.int32).max).to_numpy()
+    uid_rank = np.argsort(np.argsort(uids, kind="stable"), kind="stable")
+    return np.lexsort((uid_rank, primary, clusters))
+
+
+def apply(table: pa.Table, cfg: SemDedupConfig, artifact: pa.Table | None = None) -> pa.Table:
+    count = table.num_rows
+    keep = np.zeros(count, dtype=bool)
+    duplicate_of = np.full(count, None, dtype=object)
+    reason = np.asarray(table.column("cluster_reason").to_pylist(), dtype=object)
+    order = dedup_order(table, cfg)
+    order = order[pc.is_valid(table.column("cluster_id")).to_numpy(zero_copy_only=False)[order]]
+    if len(order):
+        vectors, _ = unit_rows(table.take(order), cfg.embeddings, cfg.modality)
+        clusters = table.column("cluster_id").take(order).to_numpy()
+        uids = np.asarray(table.column("uid").take(order).to_pylist(), dtype=object)
+        starts = np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]])
+        for start, stop in zip(starts, np.r_[starts[1:], len(order)]):  # one cluster, when called per group
+            first = first_duplicates(vectors[start:stop], cfg.eps)
+            positions = order[start:stop]
+            keep[positions] = first < 0
+            reason[positions] = np.where(first < 0, None, "duplicate")
+            duplicate_of[positions[first >= 0]] = uids[start:stop][first[first >= 0]]
+    return pa.table({"semdedup_keep": keep, "semdedup_duplicate_of": pa.array(duplicate_of, pa.string()),
+                     "semdedup_reason": pa.array(reason, pa.string())})
+
+
+def check_inputs(cfg: SemDedupConfig, manifests: dict[str, dict]) -> None:
+    fitted = (manifests.get("cluster") or {}).get("config", {})
+    for key in ("embeddings", "modality"):
+        if key in fitted and fitted[key] != getattr(cfg, key):
+            raise RecipeError(f"semdedup.{key} is {getattr(cfg, key)!r} but the cluster stage used {fitted[key]!r}; "
+                              f"set them alike")
+
+
+STAGE = Stage(
+    name="semdedup",
+    config=SemDedupConfig,
+    reads=lambda cfg: ("uid", "cluster_id", "cluster_sim", "cluster_reason", *vector_specs(cfg.embeddings, cfg.modality),
+                       *((cfg.prefer_column,) if cfg.prefer_column else ())),
+    adds=pa.schema([("semdedup_keep", pa.bool_()), ("semdedup_duplicate_of", pa.string()),
+                    ("semdedup_reason", pa.string())]),
+    apply=apply,
+    summary="SemDeDup: per cluster, drop members with cosine > 1 - eps to an earlier (farther) member",
+    check_inputs=check_inputs,
+    group_by=lambda table, cfg, artifact: table.column("cluster_id"),
+)

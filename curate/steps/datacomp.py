@@ -1,0 +1,154 @@
+"""Import a DataComp pool as released (Gadre et al. 2023, mlfoundations/datacomp) into a pool.
+
+A released shard is `<name>.parquet` (uid, url, text, original_width, original_height,
+clip_b32_similarity_score, clip_l14_similarity_score, face_bboxes, sha256) plus a sibling
+`<name>.npz` whose arrays b32_img, b32_txt (n x 512) and l14_img, l14_txt (n x 768) are
+float16, L2-normalised and row-aligned with the parquet (DESIGN.md section 2).
+
+The import writes `out/<name>.parquet` with every metadata column (uids validated) and, per
+model found in the npz, a row-aligned embedding sidecar `out/embeddings/<b32|l14>/part-NNNNN.parquet`
+(NNNNN = the shard's index) with `uid`, `image_emb`, `text_emb` in curate.kernels.embeddings' float16
+format (the npz bits, unchanged), described by `out/embeddings/<model>/_manifest.json`, so
+stages read them like embeddings computed by `curate embed`. Every npz is checked from its array
+headers before anything is written (missing npz, row counts, dimensions, models present in
+some shards only), so a bad pool fails at once with a message naming the files. Work then
+streams shard by shard (memory bounded by one shard), each file written atomically, with a
+completion marker per shard so a re-run skips what is finished; the pool's uids are
+checked unique at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from curate.kernels.embeddings import EMBEDDINGS_DIR, encode
+from curate.pool import POOL_INFO, PoolError, check_unique_uids, list_shards, parquet_file, read_shard
+from curate.runio import atomic_write_json, atomic_write_table, is_done, mark_done, write_manifest
+
+log = logging.getLogger(__name__)
+
+# npz prefix: (open_clip model name, pretrained tag, embedding width)
+MODELS = {"b32": ("ViT-B-32", "openai", 512), "l14": ("ViT-L-14", "openai", 768)}
+
+
+def import_datacomp(src: Path, out: Path) -> dict:
+    """Import every `<name>.parquet` + `<name>.npz` pair of `src` into the pool `out`."""
+    src, out = Path(src), Path(out)
+    parquets = list_shards(src)
+    models = check_npz_files(parquets)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    for index, parquet in enumerate(tqdm(parquets, desc="import datacomp", unit="shard")):
+        if is_done(out, parquet.stem, out / parquet.name):
+            rows += parquet_file(out / parquet.name).metadata.num_rows
+            continue
+        rows += import_shard(parquet, out, models, f"part-{index:05d}")
+        mark_done(out, parquet.stem, {"shard": parquet.name, "models": models})
+    check_unique_uids(out)
+    for model in models:
+        name, pretrained, dim = MODELS[model]
+        write_manifest(out / EMBEDDINGS_DIR / model, stage="embed", status="complete", layout="pool-shards",
+                       columns=["image_emb", "text_emb"], fingerprint=f"datacomp-npz-{model}-{rows}",
+                       model=name, pretrained=pretrained, dim=dim, preprocess="datacomp release",
+                       source="datacomp npz", src=str(src.resolve()), shards=len(parquets), rows=rows)
+    info = {"source": str(src.resolve()), "format": "datacomp", "rows": rows, "shards": len(parquets),
+            "embeddings": {model: {"model": MODELS[model][0], "pretrained": MODELS[model][1],
+                                   "dim": MODELS[model][2], "path": f"{EMBEDDINGS_DIR}/{model}"}
+                           for model in models}}
+    atomic_write_json(info, out / POOL_INFO)
+    log.info("imported %d DataComp samples in %d shard(s) with embeddings %s into %s",
+             rows, len(parquets), list(models), out)
+    return info
+
+
+def check_npz_files(parquets: list[Path]) -> list[str]:
+    """Check each npz against its parquet from headers only; return the models all shards have."""
+    models_seen: dict[tuple[str, ...], Path] = {}
+    for parquet in parquets:
+        npz = parquet.with_suffix(".npz")
+        if not npz.is_file():
+            raise PoolError(f"{parquet}: no embeddings file {npz.name} next to it")
+        rows = parquet_file(parquet).metadata.num_rows
+        shapes = npz_shapes(npz)
+        models = tuple(model for model in MODELS if f"{model}_img" in shapes or f"{model}_txt" in shapes)
+        for model in models:
+            check_model_arrays(shapes, model, npz, parquet, rows)
+        models_seen.setdefault(models, npz)
+    if len(models_seen) > 1:
+        described = "; ".join(f"{path} has {list(models) or 'none'}" for models, path in models_seen.items())
+        raise PoolError(f"shards disagree on which embeddings they carry: {described}")
+    return list(next(iter(models_seen)))
+
+
+def check_model_arrays(shapes: dict[str, tuple], model: str, npz: Path, parquet: Path, rows: int) -> None:
+    dim = MODELS[model][2]
+    for kind in ("img", "txt"):
+        key = f"{model}_{kind}"
+        if key not in shapes:
+            raise PoolError(f"{npz}: has {model} arrays but no {key}")
+        shape, dtype = shapes[key]
+        if len(shape) != 2 or shape[1] != dim:
+            raise PoolError(f"{npz}: {key} has shape {shape}, expected (rows, {dim}) for {MODELS[model][0]}")
+        if shape[0] != rows:
+            raise PoolError(f"row counts differ: {npz} {key} has {shape[0]} rows but {parquet} has {rows}")
+        if dtype.kind != "f":
+            raise PoolError(f"{npz}: {key} has dtype {dtype}, expected float16")
+
+
+def npz_shapes(npz: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Array name -> (shape, dtype) read from the .npy headers inside the npz, not the data."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    result = {}
+    try:
+        with zipfile.ZipFile(npz) as archive:
+            for member in (name for name in archive.namelist() if name.endswith(".npy")):
+                with archive.open(member) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    if version not in readers:
+                        raise ValueError(f"unsupported .npy format version {version} in {member}")
+                    shape, _, dtype = readers[version](handle)
+                result[member.removesuffix(".npy")] = (shape, dtype)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise PoolError(f"{npz}: not a readable npz file ({error})") from error
+    return result
+
+
+def import_shard(parquet: Path, out: Path, models: list[str], part: str) -> int:
+    """Copy one shard's metadata and write its embedding sidecars; returns its row count."""
+    table = read_shard(parquet)
+    if "uid" not in table.column_names:
+        raise PoolError(f"{parquet}: missing required column 'uid'; it has {table.column_names}")
+    npz = parquet.with_suffix(".npz")
+    try:
+        with np.load(npz) as arrays:
+            for model in models:
+                image_emb, text_emb = arrays[f"{model}_img"], arrays[f"{model}_txt"]
+                warn_non_finite(image_emb, f"{npz} {model}_img")
+                warn_non_finite(text_emb, f"{npz} {model}_txt")
+                sidecar = embedding_table(table.column("uid"), image_emb, text_emb)
+                atomic_write_table(sidecar, out / EMBEDDINGS_DIR / model / f"{part}.parquet")
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise PoolError(f"{npz}: cannot read embeddings ({error})") from error
+    atomic_write_table(table, out / parquet.name)
+    return table.num_rows
+
+
+def embedding_table(uids: pa.ChunkedArray, image_emb: np.ndarray, text_emb: np.ndarray) -> pa.Table:
+    """uid, image_emb, text_emb as float16 sidecar columns (curate.embeddings.encode)."""
+    for matrix in (image_emb, text_emb):
+        if matrix.dtype != np.float16:
+            log.warning("embeddings stored as %s, not float16: converting", matrix.dtype)
+    return pa.table({"uid": uids, "image_emb": encode(image_emb), "text_emb": encode(text_emb)})
+
+
+def warn_non_finite(matrix: np.ndarray, where: str) -> None:
+    """NaN or infinite embeddings are kept (a later stage records them) but reported here."""
+    bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+    if len(bad):
+        log.warning("%s: %d row(s) with NaN or infinite values, first rows %s", where, len(bad), bad[:10].tolist())

@@ -1,0 +1,309 @@
+"""`curate reshard`: a run's selected samples -> webdataset tar shards that open_clip trains on.
+
+Reproduces DataComp's resharder (Gadre et al. 2023, mlfoundations/datacomp ``resharder.py``), reading
+a parquet pool with image bytes (``jpg``) where DataComp reads img2dataset tars:
+
+- selection: RUN_DIR/subset.npy (or a ``.npy`` given directly; dtype exactly ``u8,u8``), else the
+  uids of RUN_DIR/subset/part-*.parquet. A uid repeated n times is written as n samples;
+- output: ``{:08d}.tar`` of ``shard_size`` samples with KEY.jpg (the pool's bytes, unchanged unless
+  blurred), KEY.txt (caption) and KEY.json (key, uid, the pool's scalar metadata and the curation
+  columns of RUN_DIR/subset/: the columns the pool lacks that JSON can carry; binary embeddings are
+  left out, NaN is null). KEY is the running sample index, zero-padded (img2dataset's keys; DataComp
+  names repeats ``uid-j``). ``{:08d}_stats.json`` per shard (count, successes, failures, bytes, uids)
+  and ``_manifest.json`` for the whole output;
+- order: the pool's, repeats adjacent (DataComp's); ``shuffle`` sorts by a hash of (uid, seed, copy),
+  which depends on neither the pool's sharding nor the engine;
+- ``blur_faces``: the ``face_bboxes`` boxes are blurred and the image re-encoded as JPEG (see
+  curate/shard_writer.py); samples without boxes keep their bytes. A box that is not 4 finite numbers
+  with x0 <= x1, y0 <= y1 stops the run naming the uid (nobody can say what to blur); coordinates
+  outside 0..1 are clipped to the image, with a warning and the count and examples in the manifest
+  (detectors report faces cut by the frame that way; refusing them would lose the whole run).
+
+Bad input: subset uids missing from the pool or a pool without image bytes stop the run before
+anything is written; a selected row without image bytes (a failed download) or undecodable for
+blurring is not written, and its shard's stats count it per reason and list its uid.
+
+Engines: local (a process pool over output shards, each reading the pool shards its samples come
+from; shuffled, the selected rows are first scattered in output order to Arrow files, temporary disk
+about the size of the selection) and Spark (the plan joined with the pool by uid,
+``groupBy(shard).applyInArrow`` writes each tar; the output directory must be a filesystem the
+executors see). Memory: the plan (uids and curation columns of the selection) on the driver, one
+pool shard and one output shard per worker. Both engines write byte-identical shards. Files are
+written to a temporary name and renamed; a shard is done when its stats file exists; a re-run with
+the same settings and inputs skips done shards, other settings or inputs rewrite the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.engines.plan import remove_temporaries
+from curate.pool import Shard, parquet_file, read_shard, scan_shards
+from curate.runio import atomic_write_ipc, read_json, read_manifest, write_manifest
+from curate.steps.tars import FACES, ReshardError, attach_curation, check_face_boxes, json_type, load_curation, write_shard
+from curate.uid import SUBSET_DTYPE, pairs_to_uids, uid_pairs, uid_uniform
+
+log = logging.getLogger(__name__)
+
+SAMPLE, SHARD, POOL_SHARD, POOL_ROW, COPY = "_sample", "_shard", "_pool_shard", "_pool_row", "_copy"
+WORK = "_work"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReshardConfig:
+    shard_size: int = 10000    # samples per tar, DataComp's resharder default
+    shuffle: bool = False
+    seed: int = 0
+    blur_faces: bool = False
+    jpeg_quality: int = 95     # re-encoding of blurred images only
+    image_column: str = "jpg"  # img2dataset's name for the image bytes
+    text_column: str = "text"
+
+    def __post_init__(self):
+        if self.shard_size < 1 or not 1 <= self.jpeg_quality <= 100:
+            raise ReshardError(f"shard_size must be >= 1 and jpeg_quality 1..100, not {self.shard_size}, {self.jpeg_quality}")
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What a shard writer needs, picklable for process pools and Spark tasks."""
+    out: str
+    cfg: ReshardConfig
+    pool_columns: tuple[str, ...]  # read from the pool (the plan carries uid and the curation columns)
+    json_columns: tuple[str, ...]  # written into KEY.json, besides key and uid
+    key_width: int
+
+
+def reshard(source: Path, out: Path, cfg: ReshardConfig = ReshardConfig(), *, pool: Path | None = None,
+            engine: str = "local", workers: int | None = None, spark=None) -> dict:
+    """Write the selection of ``source`` (a run directory or a subset .npy) as tar shards into ``out``."""
+    started, source, out = time.perf_counter(), Path(source), Path(out)
+    pool = Path(pool) if pool else pool_of_run(source)
+    shards = scan_shards(pool)
+    pool_schema = check_pool_schema(pool, shards, cfg)
+    selection, selection_files = load_selection(source)
+    curation, curation_files = load_curation(source, pool_schema.names)
+    plan, clipped = build_plan(selection, shards, cfg)
+    plan = attach_curation(plan, curation)
+    pool_json = [f.name for f in pool_schema if f.name not in ("uid", "key", cfg.image_column, cfg.text_column)
+                 and json_type(f.type)]
+    extra = [FACES] if cfg.blur_faces and FACES not in pool_json else []
+    spec = ShardSpec(str(out), cfg, (cfg.image_column, cfg.text_column, *pool_json, *extra),
+                     tuple(sorted(pool_json + curation.column_names[1:])), max(9, len(str(plan.num_rows - 1))))
+    fingerprint = _fingerprint(cfg, [s.path for s in shards] + selection_files + curation_files)
+    shard_count = math.ceil(plan.num_rows / cfg.shard_size)
+    todo = _prepare(out, fingerprint, shard_count)
+    unique = len(np.unique(selection))
+    fields = dict(stage="reshard", fingerprint=fingerprint, config=asdict(cfg), source=str(source), pool=str(pool),
+                  engine=engine, samples=plan.num_rows, unique_uids=unique, repeated_samples=plan.num_rows - unique,
+                  face_boxes_clipped={"samples": len(clipped), "examples": clipped[:5]})
+    write_manifest(out, status="running", **fields)
+    log.info("reshard: %d samples into %d shards of %d (%d to write) in %s", plan.num_rows, shard_count,
+             cfg.shard_size, len(todo), out)
+    remaining = plan.filter(pc.is_in(plan.column(SHARD), pa.array(todo, pa.int64())))
+    if todo and engine == "spark":
+        _run_spark(remaining, shards, spec, spark)
+    elif todo:
+        _run_local(remaining, shards, spec, workers)
+    shutil.rmtree(out / WORK, ignore_errors=True)
+    return write_manifest(out, status="complete", **fields, **_totals(out, len(todo)),
+                          seconds_last_run=round(time.perf_counter() - started, 3))
+
+
+def check_pool_schema(pool: Path, shards: list[Shard], cfg: ReshardConfig) -> pa.Schema:
+    schema = parquet_file(next((s.path for s in shards if s.rows), shards[0].path)).schema_arrow
+    if cfg.image_column not in schema.names:
+        raise ReshardError(f"{pool}: no {cfg.image_column!r} column; reshard needs image bytes (a pool made by "
+                           f"`curate ingest`, or a DataComp pool downloaded with img2dataset); it has {schema.names}")
+    if cfg.blur_faces and FACES not in schema.names:
+        raise ReshardError(f"{pool}: --blur-faces needs a {FACES!r} column (DataComp pools have one)")
+    return schema
+
+
+def pool_of_run(source: Path) -> Path:
+    """The pool a run used, from RUN_DIR/_run.json (written by `curate run`)."""
+    run_info = source / "_run.json"
+    if not run_info.is_file() or "pool" not in read_json(run_info):
+        raise ReshardError(f"{source}: no _run.json naming the pool; pass --pool")
+    return Path(read_json(run_info)["pool"])
+
+
+def load_selection(source: Path) -> tuple[np.ndarray, list[Path]]:
+    """The selected uid pairs (repeats kept) and the files they came from."""
+    npy = source if source.suffix == ".npy" else source / "subset.npy"
+    if npy.is_file():
+        pairs = np.load(npy)
+        if pairs.dtype != SUBSET_DTYPE:
+            raise ReshardError(f"{npy}: dtype {pairs.dtype}; a DataComp subset is exactly np.dtype('u8,u8')")
+        return pairs, [npy]
+    parts = sorted((source / "subset").glob("part-*.parquet"))
+    if not parts:
+        raise ReshardError(f"{source}: no subset.npy and no subset/part-*.parquet; run `curate run` or `curate subset`")
+    return np.concatenate([uid_pairs(pq.read_table(p, columns=["uid"]).column("uid")) for p in parts]), parts
+
+
+def build_plan(selection: np.ndarray, shards: list[Shard], cfg: ReshardConfig) -> tuple[pa.Table, list[str]]:
+    """One row per output sample: uid, pool shard and row, copy number, sample index, output shard;
+    and the uids whose face boxes get clipped."""
+    unique, counts = np.unique(selection, return_counts=True)
+    if not len(unique):
+        raise ReshardError("the selection is empty: nothing to reshard")
+    found, pieces, clipped = np.zeros(len(unique), bool), [], []
+    for shard in shards:
+        table = read_shard(shard.path, ["uid", FACES] if cfg.blur_faces else ["uid"])
+        pairs = uid_pairs(table.column("uid"))
+        position = np.minimum(np.searchsorted(unique, pairs), len(unique) - 1)
+        hit = np.flatnonzero(unique[position] == pairs)
+        found[position[hit]] = True
+        if cfg.blur_faces:
+            clipped += check_face_boxes(table.take(hit), shard.path, hit)
+        repeats = counts[position[hit]]
+        rows = np.repeat(hit, repeats)
+        pieces.append(pa.table({"uid": table.column("uid").take(rows), POOL_SHARD: np.full(len(rows), shard.index, np.int32),
+                                POOL_ROW: rows, COPY: np.arange(len(rows)) - np.repeat(np.cumsum(repeats) - repeats, repeats)}))
+    if not found.all():
+        missing = pairs_to_uids(unique[~found][:5])
+        raise ReshardError(f"{int((~found).sum())} of {len(unique)} selected uids are not in the pool "
+                           f"(e.g. {', '.join(missing)}); was the subset made from another pool?")
+    plan = pa.concat_tables(pieces)
+    if cfg.shuffle:
+        plan = plan.take(shuffle_order(plan, cfg.seed))
+    sample = np.arange(plan.num_rows, dtype=np.int64)
+    return plan.append_column(SAMPLE, pa.array(sample)).append_column(SHARD, pa.array(sample // cfg.shard_size)), clipped
+
+
+def shuffle_order(plan: pa.Table, seed: int) -> np.ndarray:
+    """Sort by a hash of (uid, seed, copy): copies of a uid land independently; ties by uid."""
+    copies, keys = plan.column(COPY).to_numpy(), np.empty(plan.num_rows)
+    for copy in np.unique(copies):
+        mask = copies == copy
+        keys[mask] = uid_uniform(plan.column("uid").filter(pa.array(mask)), seed, f"reshard-{copy}")
+    pairs = uid_pairs(plan.column("uid"))
+    return np.lexsort((copies, pairs["f1"], pairs["f0"], keys))
+
+
+def _fingerprint(cfg: ReshardConfig, files: list[Path]) -> str:
+    key = {"config": asdict(cfg), "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _prepare(out: Path, fingerprint: str, shard_count: int) -> list[int]:
+    """Clear an output of other settings or inputs; return the shards still to write."""
+    remove_temporaries(out)
+    manifest = read_manifest(out)
+    if manifest is None and out.exists() and any(out.iterdir()):
+        raise ReshardError(f"{out}: not empty and not a reshard output; choose an empty directory")
+    if manifest is not None and manifest.get("fingerprint") != fingerprint:
+        log.warning("reshard: %s was written with other settings or inputs; rewriting it", out)
+        for path in [*out.glob("*.tar"), *out.glob("*_stats.json")]:
+            path.unlink()
+    shutil.rmtree(out / WORK, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return [k for k in range(shard_count) if not ((out / f"{k:08d}_stats.json").is_file() and (out / f"{k:08d}.tar").is_file())]
+
+
+def _totals(out: Path, written: int) -> dict:
+    stats = [read_json(p) for p in sorted(out.glob("*_stats.json"))]
+    return {"shards": len(stats), "shards_written_last_run": written, "successes": sum(s["successes"] for s in stats),
+            "failures": dict(sum((Counter(s["failures"]) for s in stats), Counter())),
+            "blurred": sum(s["blurred"] for s in stats), "bytes": sum(s["bytes"] for s in stats)}
+
+
+def _run_local(plan: pa.Table, shards: list[Shard], spec: ShardSpec, workers: int | None) -> None:
+    """A process pool over output shards. In pool order an output shard's samples come from a few
+    neighbouring pool shards, which its task reads (a worker keeps the last one). Shuffled, every
+    output shard draws from every pool shard: each pool shard's selected rows are first scattered,
+    in output order, to an Arrow file (threads: Arrow releases the GIL) that tasks read slices of."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from curate.engines import local
+
+    workers, scatter_dir = workers or local.default_workers(), Path(spec.out) / WORK / "scatter"
+    scatter_dir.mkdir(parents=True, exist_ok=True)
+    pool_shard, scatter, sources = plan.column(POOL_SHARD).to_numpy(), [], {}
+    for shard in shards:
+        piece = plan.filter(pa.array(pool_shard == shard.index)).sort_by([(SHARD, "ascending"), (SAMPLE, "ascending")])
+        target = scatter_dir / f"{shard.part}.arrow" if spec.cfg.shuffle else shard.path
+        if spec.cfg.shuffle and piece.num_rows:
+            scatter.append((shard.path, piece, spec.pool_columns, target))
+        out_shards = piece.column(SHARD).to_numpy()
+        for number in np.unique(out_shards):
+            start, stop = np.searchsorted(out_shards, [number, number + 1])
+            rows = None if spec.cfg.shuffle else piece.slice(start, stop - start)
+            sources.setdefault(int(number), []).append((target, rows, start, stop))
+    with ThreadPoolExecutor(workers) as executor:
+        list(tqdm(executor.map(_scatter, scatter), total=len(scatter), desc="reshard scatter", unit="part", disable=None))
+    local._map(_gather, [(number, sources[number], spec) for number in sorted(sources)], workers, "reshard")
+    _LAST_READ.clear()
+
+
+_LAST_READ: dict[tuple, pa.Table] = {}  # per worker process: the pool shard read last
+
+
+def _pool_rows(path: Path, piece: pa.Table, columns: tuple[str, ...], *, keep: bool) -> pa.Table:
+    """The plan rows ``piece`` of pool shard ``path`` with the pool's ``columns`` appended."""
+    key = (str(path), path.stat().st_mtime_ns, columns)
+    table = _LAST_READ[key] if key in _LAST_READ else read_shard(path, list(columns))
+    if keep and key not in _LAST_READ:
+        _LAST_READ.clear()
+        _LAST_READ[key] = table
+    table = table.take(piece.column(POOL_ROW))
+    for name in columns:
+        piece = piece.append_column(table.schema.field(name), table.column(name))
+    return piece
+
+
+def _scatter(task: tuple) -> int:
+    path, piece, columns, target = task
+    piece = _pool_rows(path, piece, columns, keep=False)
+    atomic_write_ipc(piece, target)
+    return piece.num_rows
+
+
+def _gather(task: tuple) -> dict:
+    number, sources, spec = task
+    pieces = [_pool_rows(path, rows, spec.pool_columns, keep=True) if rows is not None else
+              pa.ipc.open_file(pa.memory_map(str(path))).read_all().slice(start, stop - start)
+              for path, rows, start, stop in sources]
+    rows = pa.concat_tables(pieces, promote_options="permissive")
+    if (np.diff(rows.column(SAMPLE).to_numpy()) < 0).any():  # shuffled: pieces interleave
+        rows = rows.sort_by(SAMPLE)
+    return write_shard(rows, number, spec, SAMPLE)
+
+
+def _run_spark(plan: pa.Table, shards: list[Shard], spec: ShardSpec, spark) -> None:
+    """The plan (a parquet file) joined with the pool by uid; one applyInArrow call per output shard."""
+    from curate.engines import spark as spark_engine
+
+    spark = spark or spark_engine.get_spark()
+    plan_path = Path(spec.out) / WORK / "plan.parquet"
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(plan.drop_columns([POOL_SHARD, POOL_ROW, COPY]), plan_path)
+    pool = spark_engine.read_pool(spark, shards, ["uid", *spec.pool_columns])
+    joined = spark.read.parquet(str(plan_path)).join(pool, on="uid", how="inner")
+    written = joined.groupBy(SHARD).applyInArrow(_group_writer(spec), f"{SHARD} long, successes long").collect()
+    log.info("reshard: Spark wrote %d shard(s)", len(written))
+
+
+def _group_writer(spec: ShardSpec):
+    def write_group(rows: pa.Table) -> pa.Table:
+        number = rows.column(SHARD)[0].as_py()
+        stats = write_shard(rows.sort_by(SAMPLE), number, spec, SAMPLE)
+        return pa.table({SHARD: pa.array([number], pa.int64()), "successes": pa.array([stats["successes"]], pa.int64())})
+
+    return write_group
