@@ -1,40 +1,40 @@
 """The stage contract (DESIGN.md section 3): stages annotate, only the subset step selects.
 
-A stage is data, not a class hierarchy:
+A stage is a plain value an engine is handed (``Stage``): its functions are module-level functions
+(no lambdas), so the value pickles by reference and a spawned worker or a Spark executor rebuilds
+it by importing the modules that define them. Engines never look a stage up by name.
 
-- ``config``: a frozen, keyword-only dataclass whose defaults are the paper's values;
-- ``reads(cfg)``: the columns it needs, from the pool or from an earlier stage's output;
+- ``config``: a frozen, keyword-only dataclass whose defaults are the paper's values. Its
+  ``__post_init__`` checks values, so a bad setting fails when the recipe is read, before any data;
+- ``reads(cfg)``: the columns it needs: pool columns, columns of an earlier stage of the run, or a
+  pool sidecar's column written ``<dir>:<column>`` (which ``apply`` sees as plain ``<column>``);
 - ``adds``: the columns it writes, named ``<stage>_<what>``; the engine adds ``uid``;
-- ``apply(table, cfg, artifact)``: a pure per-batch function, Arrow in, Arrow columns out,
-  one output row per input row, no I/O. It must not depend on how rows are batched;
-- ``fit`` (optional): a global statistic as partial -> merge -> finalize. ``partial`` maps a
-  batch to a small table of key columns plus integer sum columns; every engine merges
-  partials the same way (group by the keys, sum the rest), filters the merged table with
-  the optional SQL predicate ``having(cfg)`` (so a large merged table never reaches one
-  process), and ``finalize`` turns it into the artifact table handed to ``apply``.
-  A fit of ``passes`` > 1 repeats this: pass k's partial and finalize receive pass k-1's
-  artifact as ``previous`` (None on the first pass), e.g. a coarse then a fine histogram
-  to find an exact quantile with memory independent of the pool size.
-  ``partial_carry`` (optional) is the same partial that also returns per-row columns the
-  apply can reuse instead of recomputing them, row-aligned with the batch and named
-  ``_carry_<...>`` (e.g. MetaCLIP's matches: matching is the expensive part of both). The
-  local engine keeps them in OUT/<stage>/_carry/ from the last fit pass to the apply and
-  deletes them when the stage completes; ``apply`` sees them as extra input columns. They
-  are an optimisation only: ``apply`` must give the same result without them (the Spark
-  engine, or a partition whose carry file is missing).
+- ``apply(table, cfg, artifact)``: a pure per-batch function, Arrow in, Arrow columns out, one
+  output row per input row, no I/O; it must not depend on how rows are batched;
+- ``fit`` (optional): global statistics, as named passes (``Pass``). Per pass, ``partial`` maps a
+  batch to a small table with exactly the columns of ``Pass.schema`` (key columns, then integer
+  sum columns); every engine merges partials the same way (group by ``keys``, sum the rest; no
+  keys: one row of sums), keeps the merged rows where the SQL predicate ``having(cfg)`` holds (so
+  a large merged table never reaches one process), and ``finalize`` makes that pass's artifact.
+  Pass k's ``partial`` and ``finalize`` receive pass k-1's artifact as ``previous`` (None for the
+  first); the last pass's artifact is handed to ``apply``;
 - ``group_by`` (optional): per-group work (e.g. per k-means cluster). ``group_by(table, cfg,
-  artifact)`` gives each input row's int64 group key (null: the row takes part in no group);
-  ``apply`` is then called once per group with ALL of that group's rows (in no defined order),
-  and with key-null rows in batches of any size. Local: curate.engines.groups (a bounded
-  shuffle through files); Spark: ``groupBy(key).applyInArrow``.
+  artifact)`` gives each row's int64 group key (null: the row takes part in no group); ``apply`` is
+  then called once per group with ALL of that group's rows (in no defined order), and with
+  key-null rows in batches of any size;
+- ``check_inputs(cfg, manifests)`` (optional): refuse upstream outputs made in an incompatible way
+  (another model's embeddings, say), from the manifests of the sources it reads;
+- ``describe(cfg)`` (optional): facts about the resolved config a consumer must check (the model,
+  its weights, a metadata file's digest), merged into the stage's manifest and its fingerprint;
+- ``max_workers(cfg)`` (optional): the most processes the local engine runs the stage in;
+- ``before(cfg)`` (optional): stages a recipe runs first for this one, as (stage name, config
+  values), e.g. MetaCLIP's matching before its balancing;
+- ``artifact_name`` (optional): also publish the fitted artifact as OUT/<stage>/<this name>.
 
-- ``describe`` (optional): facts about the resolved config that a consumer must check (e.g.
-  the embedding model, its weights and preprocessing). Evaluated once before the stage runs,
-  merged into the top level of the stage's manifest and part of its fingerprint.
-- ``max_workers`` (optional): the most processes the local engine runs the stage in (a model
-  stage: one process per GPU, or one process using every core through torch threads).
-
-Engines (curate/engines) know nothing about any particular stage.
+Every function that takes a batch must accept an empty one (0 rows, the declared columns): a pool
+may hold empty shards, and Spark hands empty batches to its tasks. The engines check the contract
+on every call: ``apply`` returns one row per input row and every declared column, a partial
+returns its pass's columns (``checked_apply``, ``checked_partial``).
 """
 
 from __future__ import annotations
@@ -47,23 +47,29 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
+from curate.errors import RecipeError
 
-CARRY_PREFIX = "_carry_"
+Batch = pa.Table
+Artifact = pa.Table | None
 
 
-class RecipeError(ValueError):
-    """A bad recipe or stage configuration: unknown stage, unknown key, wrong type."""
+@dataclass(frozen=True)
+class Pass:
+    """One pass of a fit over the whole pool."""
+    name: str
+    schema: pa.Schema                                  # partial's columns: keys, then int64 sums
+    keys: tuple[str, ...]
+    partial: Callable[[Batch, Any, Artifact], pa.Table]      # (batch, cfg, previous pass's artifact)
+    finalize: Callable[[pa.Table, Any, Artifact], pa.Table]  # (merged, cfg, previous) -> this pass's artifact
+    having: Callable[[Any], str | None] | None = None        # (cfg) -> SQL predicate over the merged rows
+
+    def sums(self) -> list[str]:
+        return [name for name in self.schema.names if name not in self.keys]
 
 
 @dataclass(frozen=True)
 class Fit:
-    partial: Callable[[pa.Table, Any, pa.Table | None], pa.Table]    # (batch, cfg, previous)
-    keys: tuple[str, ...]
-    finalize: Callable[[pa.Table, Any, pa.Table | None], pa.Table]   # (merged, cfg, previous)
-    having: Callable[[Any], str | None] = lambda cfg: None
-    passes: int = 1
-    # (batch, cfg, previous) -> (partial, carried columns row-aligned with the batch)
-    partial_carry: Callable[[pa.Table, Any, pa.Table | None], tuple[pa.Table, pa.Table]] | None = None
+    passes: tuple[Pass, ...]
 
 
 @dataclass(frozen=True)
@@ -72,41 +78,58 @@ class Stage:
     config: type
     reads: Callable[[Any], tuple[str, ...]]
     adds: pa.Schema
-    apply: Callable[[pa.Table, Any, pa.Table | None], pa.Table]
+    apply: Callable[[Batch, Any, Artifact], pa.Table]
     fit: Fit | None = None
     summary: str = ""
-    check_inputs: Callable[[Any, dict[str, dict]], None] | None = None  # (cfg, source manifests)
-    group_by: Callable[[pa.Table, Any, pa.Table | None], pa.Array] | None = None  # (inputs, cfg, artifact) -> key
-    describe: Callable[[Any], dict[str, Any]] | None = None  # (cfg) -> fields merged into the manifest
-    max_workers: Callable[[Any], int] | None = None          # (cfg) -> most local-engine processes
-    artifact_name: str | None = None  # also publish the fitted artifact as OUT/<stage>/<this name>
+    check_inputs: Callable[[Any, dict[str, dict]], None] | None = None
+    group_by: Callable[[Batch, Any, Artifact], pa.Array] | None = None
+    describe: Callable[[Any], dict[str, Any]] | None = None
+    max_workers: Callable[[Any], int] | None = None
+    before: Callable[[Any], tuple[tuple[str, dict[str, Any]], ...]] | None = None
+    artifact_name: str | None = None
 
     def input_columns(self, table: pa.Table, cfg: Any) -> pa.Table:
-        """The columns ``apply`` sees: ``reads(cfg)``, with ``dir:column`` sidecar reads as
-        ``column``, and any ``_carry_*`` columns the engine attached (see ``Fit.partial_carry``)."""
-        carried = [name for name in table.column_names if name.startswith(CARRY_PREFIX)]
-        return table.select([spec.rpartition(":")[2] for spec in self.reads(cfg)] + carried)
+        """The columns the stage's functions see: ``reads(cfg)``, ``dir:column`` reads as ``column``."""
+        return table.select([spec.rpartition(":")[2] for spec in self.reads(cfg)])
 
     def output_schema(self) -> pa.Schema:
         return pa.schema([pa.field("uid", pa.string(), nullable=False), *self.adds])
 
-    def run_apply(self, table: pa.Table, cfg: Any, artifact: pa.Table | None) -> pa.Table:
-        """Apply to a batch and check the contract: same rows, exactly the declared columns."""
+    def checked_apply(self, table: pa.Table, cfg: Any, artifact: Artifact) -> pa.Table:
+        """``apply`` on a batch, held to the contract: same rows, exactly the declared columns."""
         added = self.apply(self.input_columns(table, cfg), cfg, artifact)
         if added.num_rows != table.num_rows:
             raise RuntimeError(f"stage {self.name}: apply returned {added.num_rows} rows for {table.num_rows}")
+        missing = [name for name in self.adds.names if name not in added.column_names]
+        if missing:
+            raise RuntimeError(f"stage {self.name}: apply did not return its declared column(s) {missing}")
         added = added.select(self.adds.names).cast(self.adds)
         return pa.Table.from_arrays([table.column("uid"), *added.columns], schema=self.output_schema())
+
+    def checked_partial(self, number: int, table: pa.Table, cfg: Any, previous: Artifact) -> pa.Table:
+        """Pass ``number``'s partial on a batch, held to the pass's declared columns."""
+        step = self.fit.passes[number]
+        result = step.partial(self.input_columns(table, cfg), cfg, previous)
+        if sorted(result.column_names) != sorted(step.schema.names):
+            raise RuntimeError(f"stage {self.name}: partial of fit pass {step.name!r} returned columns "
+                               f"{result.column_names}, declared {step.schema.names}")
+        return result.select(step.schema.names).cast(step.schema)
 
 
 def make_config(cls: type, values: dict[str, Any], where: str) -> Any:
     """Build a stage config from recipe values; unknown keys and wrong types are errors."""
+    if not isinstance(values, dict):
+        raise RecipeError(f"{where}: expected a mapping of settings, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise RecipeError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    return cls(**{key: _coerce(value, hints[key], f"{where}.{key}") for key, value in values.items()})
+    coerced = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in values.items()}
+    try:
+        return cls(**coerced)
+    except RecipeError as error:  # the config's own checks (__post_init__)
+        raise RecipeError(f"{where}: {error}") from None
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

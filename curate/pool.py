@@ -21,15 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.errors import PoolError
 from curate.uid import malformed_uid_rows, uid_pairs
 
 log = logging.getLogger(__name__)
 
 POOL_INFO = "_pool.json"
-
-
-class PoolError(ValueError):
-    """A structural problem with a pool: the message names the file, and the row if any."""
 
 
 @dataclass(frozen=True)
@@ -144,3 +141,32 @@ def check_unique_uids(pool_dir: str | Path) -> int:
             f"({len(repeated)} repeated uid(s) in the pool)"
         )
     return len(all_pairs)
+
+
+def _type_family(kind: pa.DataType) -> str:
+    """Arrow types that read back as the same column: (large_)string, (large_)binary; else the type."""
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return "string"
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return "binary"
+    return str(kind)
+
+
+def check_pool_schema(shards: list[Shard]) -> None:
+    """Every shard must have the first shard's columns with the same types (an all-null column, as
+    an empty writer may leave, fits any type); else a PoolError naming both files and the column."""
+    first = parquet_file(shards[0].path).schema_arrow
+    expected = {field.name: field.type for field in first}
+    for shard in shards[1:]:
+        schema = parquet_file(shard.path).schema_arrow
+        names = set(schema.names)
+        if names != set(expected):
+            missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+            raise PoolError(f"{shard.path}: its columns differ from {shards[0].path} (missing {missing}, extra {extra}); "
+                            f"every shard of a pool has the same columns")
+        for field in schema:
+            other = expected[field.name]
+            if pa.types.is_null(field.type) or pa.types.is_null(other) or _type_family(field.type) == _type_family(other):
+                continue
+            raise PoolError(f"{shard.path}: column {field.name!r} is {field.type} but {other} in {shards[0].path}; "
+                            f"every shard of a pool has the same column types")

@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from curate.contract import RecipeError, config_dict, make_config
+from curate.contract import Stage, config_dict, make_config
+from curate.errors import RecipeError
 from curate.stages import get_stage
 
 TOP_LEVEL_KEYS = ("description", "seed", "stages", "select")
@@ -31,14 +32,18 @@ TOP_LEVEL_KEYS = ("description", "seed", "stages", "select")
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    stages: tuple[tuple[str, Any], ...]
+    stages: tuple[tuple[Stage, Any], ...]   # in run order, with the stages each one needs first
     select: str
     seed: int = 0
     description: str = ""
 
+    @property
+    def stage_names(self) -> list[str]:
+        return [stage.name for stage, _ in self.stages]
+
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "seed": self.seed, "select": self.select,
-                "stages": {name: config_dict(cfg) for name, cfg in self.stages}}
+                "stages": {stage.name: config_dict(cfg) for stage, cfg in self.stages}}
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -53,33 +58,49 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
 
 def parse_recipe(mapping: dict[str, Any], name: str, overrides: list[str] = (), where: str = "recipe") -> Recipe:
+    if not isinstance(mapping.get("stages") or {}, dict):
+        raise RecipeError(f"{where}: 'stages' is a mapping of stage name -> settings (e.g. basic: {{}}), "
+                          f"got {type(mapping['stages']).__name__}")
     mapping = apply_overrides(mapping, overrides, where)
     unknown = sorted(set(mapping) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise RecipeError(f"{where}: unknown key(s) {unknown}; valid keys: {list(TOP_LEVEL_KEYS)}")
-    if not mapping.get("select"):
-        raise RecipeError(f"{where}: 'select' (the subset's boolean expression) is required")
+    if not isinstance(mapping.get("select"), str) or not mapping["select"].strip():
+        raise RecipeError(f"{where}: 'select' (the subset's boolean expression, a string) is required")
     seed = mapping.get("seed", 0)
-    if not isinstance(seed, int):
+    if not isinstance(seed, int) or isinstance(seed, bool):
         raise RecipeError(f"{where}: seed must be an integer, got {seed!r}")
-    stages = []
-    for stage_name, values in (mapping.get("stages") or {}).items():
-        stage = get_stage(stage_name)
-        values = dict(values or {})
-        if "seed" in {f.name for f in dataclasses.fields(stage.config)}:
-            values.setdefault("seed", seed)
-        stages.append((stage_name, make_config(stage.config, values, f"{where}: stages.{stage_name}")))
-    return Recipe(name=name, stages=tuple(stages), select=str(mapping["select"]), seed=seed,
+    stages: dict[str, tuple[Stage, Any]] = {}
+    for stage_name, values in mapping["stages"].items():
+        stage, cfg = configured(stage_name, values, seed, f"{where}: stages.{stage_name}")
+        for needed, needed_values in (stage.before(cfg) if stage.before else ()):
+            if needed not in stages:  # a stage the recipe lists itself keeps its own settings
+                stages[needed] = configured(needed, needed_values, seed, f"{where}: stages.{stage_name} (needs {needed})")
+        stages[stage_name] = (stage, cfg)
+    return Recipe(name=name, stages=tuple(stages.values()), select=mapping["select"], seed=seed,
                   description=str(mapping.get("description", "")))
 
 
+def configured(stage_name: str, values: Any, seed: int, where: str) -> tuple[Stage, Any]:
+    """The stage and its config from recipe values; the recipe's seed unless the stage sets one."""
+    stage = get_stage(stage_name)
+    values = dict(values or {}) if isinstance(values, dict) or values is None else values
+    if isinstance(values, dict) and "seed" in {f.name for f in dataclasses.fields(stage.config)}:
+        values.setdefault("seed", seed)
+    return stage, make_config(stage.config, values, where)
+
+
 def apply_overrides(mapping: dict[str, Any], overrides: list[str], where: str) -> dict[str, Any]:
-    mapping = {**mapping, "stages": {k: dict(v or {}) for k, v in (mapping.get("stages") or {}).items()}}
+    stages = {k: (dict(v or {}) if isinstance(v, dict) or v is None else v) for k, v in (mapping.get("stages") or {}).items()}
+    mapping = {**mapping, "stages": stages}
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep:
             raise RecipeError(f"--set {override!r}: expected key=value, e.g. basic.min_side=300")
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as error:
+            raise RecipeError(f"--set {override!r}: not a plain YAML value ({str(error).splitlines()[0]})") from None
         if key in ("select", "seed", "description"):
             mapping[key] = raw if key == "select" else value
             continue
@@ -89,5 +110,7 @@ def apply_overrides(mapping: dict[str, Any], overrides: list[str], where: str) -
         if stage_name not in mapping["stages"]:
             raise RecipeError(f"--set {override!r}: stage {stage_name!r} is not in {where} "
                               f"(its stages: {list(mapping['stages'])})")
+        if not isinstance(mapping["stages"][stage_name], dict):
+            raise RecipeError(f"{where}: stages.{stage_name} must be a mapping of settings")
         mapping["stages"][stage_name][field] = value
     return mapping

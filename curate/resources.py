@@ -11,10 +11,14 @@ plain ``pip install`` finds them too. Order searched, first hit wins:
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import sys
 import sysconfig
 from pathlib import Path
+
+from curate.errors import RecipeError
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "metadata"
 
@@ -54,3 +58,36 @@ def missing_metadata(path: str | Path) -> str:
     looked = ", ".join(str(d) for d in metadata_dirs())
     return (f"{path}: no such metadata file (looked in {looked}; set CURATE_METADATA_DIR or "
             f"pass the file in the stage config)")
+
+
+def load_metadata(path: str | Path) -> list[str]:
+    """Entries from a JSON list of strings (.json, .json.gz) or a text file with one per line.
+
+    In a text file the lines are split on "\\n" and a trailing "\\r" (CRLF files) is removed;
+    a final newline does not add an entry. Nothing else is stripped: ids are positions.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(missing_metadata(path))
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RecipeError(f"{path}: metadata is not UTF-8 (byte {error.start}: {raw[error.start:error.start + 8]!r})") from None
+    if path.name.endswith((".json", ".json.gz")):
+        try:
+            entries = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise RecipeError(f"{path}: not a JSON list of strings ({error})") from None
+        if not isinstance(entries, list):
+            raise RecipeError(f"{path}: expected a JSON list of strings, got {type(entries).__name__}")
+        bad = next((i for i, e in enumerate(entries) if not isinstance(e, str)), None)
+        if bad is not None:
+            raise RecipeError(f"{path}: entry {bad} is {entries[bad]!r}, not a string")
+        return entries
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]

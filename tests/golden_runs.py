@@ -35,7 +35,7 @@ RECIPES = {
 def make_pool(work: Path) -> tuple[Path, Path]:
     """The imported pool and a targets file (24 of the pool's own l14 image embeddings)."""
     from curate.cli import main
-    from tests.golden_support import datacomp_pool, write_targets
+    from tests.helpers import datacomp_pool, write_targets
 
     source = datacomp_pool(work / "src")
     pool = work / "pool"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import random
 
-import polars as pl
 import pyarrow as pa
 import pytest
 
 from curate.stages.align import STAGE, AlignConfig
 from curate.kernels.rules import text_keys
-from curate.contract import RecipeError, make_config
+from curate.contract import make_config
+from curate.errors import RecipeError
+from tests.helpers import fit_in_memory
 
 TEN = "a photo of a red dog on the beach"      # appears exactly 10 times: kept
 ELEVEN = "a photo of a blue cat on the sofa"   # appears 11 times: dropped
@@ -28,12 +29,7 @@ def pool(rows: list[tuple[str | None, int | None, int | None]]) -> pa.Table:
 
 def fit(batches: list[pa.Table], cfg: AlignConfig) -> pa.Table:
     """What every engine does: partial per batch, concat, group-by-keys sum, having, finalize."""
-    reads = list(STAGE.reads(cfg))
-    partials = [STAGE.fit.partial(batch.select(reads), cfg, None) for batch in batches]
-    keys = list(STAGE.fit.keys)
-    merged = (pl.from_arrow(pa.concat_tables(partials)).group_by(keys).agg(pl.col("n_texts").sum())
-              .filter(pl.sql_expr(STAGE.fit.having(cfg))).sort(keys))
-    return STAGE.fit.finalize(merged.to_arrow().cast(partials[0].schema), cfg, None)
+    return fit_in_memory(STAGE, cfg, batches)
 
 
 def run(table: pa.Table, cfg: AlignConfig | None = None, batch_rows: int | None = None) -> pa.Table:
@@ -41,7 +37,7 @@ def run(table: pa.Table, cfg: AlignConfig | None = None, batch_rows: int | None 
     step = batch_rows or max(table.num_rows, 1)
     batches = [table.slice(start, step) for start in range(0, max(table.num_rows, 1), step)]
     artifact = fit(batches, cfg)
-    return pa.concat_tables([STAGE.run_apply(batch, cfg, artifact) for batch in batches])
+    return pa.concat_tables([STAGE.checked_apply(batch, cfg, artifact) for batch in batches])
 
 
 def shared_pool() -> pa.Table:
@@ -55,7 +51,7 @@ def test_ten_copies_kept_eleven_dropped_across_two_batches():
     cfg = AlignConfig()
     artifact = fit([first, second], cfg)
     assert artifact.to_pylist() == [{"text_key": text_keys([ELEVEN])[0].as_py(), "n_texts": 11}]
-    out = pa.concat_tables([STAGE.run_apply(part, cfg, artifact) for part in (first, second)])
+    out = pa.concat_tables([STAGE.checked_apply(part, cfg, artifact) for part in (first, second)])
     assert out.column("align_reason").to_pylist() == [None] * 10 + ["shared_text"] * 11 + [None]
     assert out.column("align_keep").to_pylist() == [True] * 10 + [False] * 11 + [True]
 
@@ -80,8 +76,8 @@ def test_result_does_not_depend_on_batching_or_order():
 
 def test_having_and_threshold_from_recipe():
     cfg = make_config(AlignConfig, {"max_images_per_text": 5}, "recipe.align")
-    assert STAGE.fit.having(cfg) == "n_texts > 5"
-    assert STAGE.fit.having(AlignConfig()) == "n_texts > 10"
+    assert STAGE.fit.passes[0].having(cfg) == "n_texts > 5"
+    assert STAGE.fit.passes[0].having(AlignConfig()) == "n_texts > 10"
     out = run(pool([(TEN, 640, 480)] * 5 + [(ELEVEN, 640, 480)] * 6), cfg, batch_rows=4)
     assert out.column("align_reason").to_pylist() == [None] * 5 + ["shared_text"] * 6
 
@@ -116,13 +112,13 @@ def test_null_captions_are_not_counted():
 
 def test_partial_schema_and_empty_batch():
     cfg = AlignConfig()
-    empty = pool([]).select(list(STAGE.reads(cfg)))
-    counts = STAGE.fit.partial(empty, cfg, None)
+    step = STAGE.fit.passes[0]
+    counts = STAGE.checked_partial(0, pool([]), cfg, None)
     assert counts.schema == pa.schema([("text_key", pa.int64()), ("n_texts", pa.int64())]) and counts.num_rows == 0
-    batch = pool([(TEN, 1, 1), (TEN, 1, 1), (None, 1, 1), ("", 1, 1)]).select(list(STAGE.reads(cfg)))
-    counts = STAGE.fit.partial(batch, cfg, None).sort_by("n_texts")
+    batch = pool([(TEN, 1, 1), (TEN, 1, 1), (None, 1, 1), ("", 1, 1)])
+    counts = STAGE.checked_partial(0, batch, cfg, None).sort_by("n_texts")
     assert counts.column("n_texts").to_pylist() == [1, 2]
-    assert STAGE.run_apply(pool([]), cfg, STAGE.fit.finalize(counts, cfg, None)).num_rows == 0
+    assert STAGE.checked_apply(pool([]), cfg, step.finalize(counts, cfg, None)).num_rows == 0
 
 
 def test_text_key_is_blake2b_64_little_endian_signed():
@@ -136,7 +132,7 @@ def test_text_key_is_blake2b_64_little_endian_signed():
 
 def test_apply_needs_the_fitted_artifact():
     with pytest.raises(RuntimeError, match="fitted"):
-        STAGE.run_apply(pool([(TEN, 640, 480)]), AlignConfig(), None)
+        STAGE.checked_apply(pool([(TEN, 640, 480)]), AlignConfig(), None)
 
 
 def test_config():

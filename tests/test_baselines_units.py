@@ -6,9 +6,10 @@ import pyarrow as pa
 import pytest
 
 from curate.kernels.embeddings import encode
+from curate.kernels import kmeans
 from curate.stages.image_based import (ImageBasedConfig, apply as image_apply, fasttext_token_counts, fit_clusters,
-                                nearest_centroids, training_sample)
-from curate.contract import RecipeError
+                                       training_sample)
+from curate.errors import RecipeError
 from curate.stages.text_based import DEFAULT_TABLE, TextBasedConfig, apply as text_apply, load_table, matching_synset
 
 
@@ -52,16 +53,17 @@ def test_fasttext_token_counts():
     assert fasttext_token_counts(texts).tolist() == [3, 2, 2, 2, 0, 1, 2, 1, 1, 0]
 
 
-def test_nearest_centroids_breaks_ties_low_and_ignores_batching():
+def test_assign_to_raw_centroids_breaks_ties_low_and_ignores_batching():
+    """image_based assigns to L2 k-means centroids (not unit rows) with the same kernel as cluster."""
     rng = np.random.default_rng(0)
     centroids = rng.normal(size=(50, 64)).astype(np.float32)
     centroids[7] = centroids[3]  # an exact tie: the lower index wins
     vectors = rng.normal(size=(500, 64)).astype(np.float32)
     vectors[0] = centroids[3]
-    whole = nearest_centroids(vectors, centroids)
+    whole = kmeans.assign(vectors, centroids)[0]
     exact = (vectors.astype(np.float64) @ centroids.T.astype(np.float64)).argmax(axis=1)
     assert whole[0] == 3 and np.array_equal(whole, exact)
-    assert np.array_equal(np.concatenate([nearest_centroids(vectors[i:i + 1], centroids) for i in range(500)]), whole)
+    assert np.array_equal(np.concatenate([kmeans.assign(vectors[i:i + 1], centroids)[0] for i in range(500)]), whole)
 
 
 def _batch(n: int = 40, dim: int = 8):

@@ -14,7 +14,8 @@ import pytest
 
 from curate.stages.basic import STAGE, BasicConfig
 from curate.kernels.rules import char_lengths, decide, size_checks, word_counts
-from curate.contract import RecipeError, make_config
+from curate.contract import make_config
+from curate.errors import RecipeError
 
 ENGLISH = "a photo of a red dog on the beach"
 
@@ -29,7 +30,7 @@ def pool(rows: list[tuple[str | None, int | None, int | None]]) -> pa.Table:
 
 
 def run(rows, cfg: BasicConfig | None = None) -> pa.Table:
-    return STAGE.run_apply(pool(rows), cfg or BasicConfig(), None)
+    return STAGE.checked_apply(pool(rows), cfg or BasicConfig(), None)
 
 
 def reasons(rows, cfg: BasicConfig | None = None) -> list[str | None]:
@@ -121,9 +122,9 @@ def test_result_does_not_depend_on_batching():
     rows = [(ENGLISH, 640, 480), ("red dog", 640, 480), (None, 1, 1), ("a b cd", 150, 300), ("Hund", None, 2)]
     whole = run(rows)
     table = pool(rows)
-    parts = [STAGE.run_apply(table.slice(i, 1), BasicConfig(), None) for i in range(len(rows))]
+    parts = [STAGE.checked_apply(table.slice(i, 1), BasicConfig(), None) for i in range(len(rows))]
     assert pa.concat_tables(parts).equals(whole)
-    assert STAGE.run_apply(table.slice(0, 0), BasicConfig(), None).num_rows == 0
+    assert STAGE.checked_apply(table.slice(0, 0), BasicConfig(), None).num_rows == 0
 
 
 def test_config_from_recipe():

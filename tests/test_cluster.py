@@ -2,68 +2,33 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curate.errors import StageError
 from curate.kernels import kmeans
-from curate import pipeline
+from curate.kernels.vectors import unit_vectors
 from curate.kernels.embeddings import encode
-from curate.recipe import parse_recipe
-from tests.conftest import write_pool
+from tests.helpers import planted_embeddings, run, table, write_embedding_pool
 
 
-def planted_embeddings(n: int, dim: int = 16, centres: int = 4, duplicates: int = 0, seed: int = 0) -> np.ndarray:
-    """Unit rows around ``centres`` directions; the last ``duplicates`` rows are near-copies
-    (cosine > 0.99) of random earlier rows."""
-    rng = np.random.default_rng(seed)
-    directions = rng.normal(size=(centres, dim))
-    rows = directions[rng.integers(0, centres, n)] + 0.6 * rng.normal(size=(n, dim))
-    if duplicates:
-        sources = rng.integers(0, n - duplicates, duplicates)
-        rows[n - duplicates:] = rows[sources] + 0.01 * rng.normal(size=(duplicates, dim))
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def write_embedding_pool(directory: Path, shard_sizes: list[int], vectors: np.ndarray,
-                         valid: np.ndarray | None = None) -> Path:
-    """The conftest pool plus a b32 sidecar holding ``vectors`` (float16) as image and text."""
-    write_pool(directory, shard_sizes)
-    sidecar = directory / "embeddings" / "b32"
-    sidecar.mkdir(parents=True)
-    offset = 0
-    for index, size in enumerate(shard_sizes):
-        uids = pq.read_table(directory / f"{index:05d}.parquet", columns=["uid"]).column("uid")
-        rows = vectors[offset:offset + size]
-        mask = None if valid is None else valid[offset:offset + size]
-        emb = encode(rows, mask)
-        pq.write_table(pa.table({"uid": uids, "image_emb": emb, "text_emb": emb}), sidecar / f"part-{index:05d}.parquet")
-        offset += size
-    (sidecar / "_manifest.json").write_text(json.dumps({"model": "test", "dim": vectors.shape[1], "layout": "pool-shards",
-                                                        "fingerprint": f"test-{len(vectors)}"}))
-    return directory
 
 
-def run(name: str, pool: Path, out: Path, engine: str = "local", spark=None, workers: int = 1, **values) -> dict:
-    recipe = parse_recipe({"stages": {name: values}, "select": "true"}, "t")
-    return pipeline.run_stage(name, recipe.stages[0][1], pool, out, engine=engine, workers=workers, spark=spark)
 
 
-def table(out: Path, stage: str) -> pa.Table:
-    return pq.read_table(sorted((out / stage).glob("part-*.parquet"))).sort_by("uid")
 
 
 def test_unit_vectors_flag_bad_rows_and_normalise():
     rows = np.array([[3, 4], [0, 0], [np.nan, 1], [1, 0]], dtype=np.float32)
     column = encode(rows, np.array([True, True, True, False]))
-    vectors, reason = kmeans.unit_vectors([column])
+    vectors, reason = unit_vectors([column])
     assert list(reason) == [None, "zero_norm", "non_finite", "no_embedding"]
     assert np.allclose(vectors[0], [0.6, 0.8]) and np.isnan(vectors[1:]).all()
-    both, _ = kmeans.unit_vectors([column, column])
+    both, _ = unit_vectors([column, column])
     assert np.allclose(both[0], np.array([0.6, 0.8, 0.6, 0.8]) / np.sqrt(2))
 
 
@@ -107,7 +72,7 @@ def test_more_clusters_than_samples_lowers_k_and_identical_rows_work(tmp_path):
 def test_no_usable_embedding_is_a_clear_error(tmp_path):
     vectors = planted_embeddings(10)
     pool = write_embedding_pool(tmp_path / "pool", [10], vectors, np.zeros(10, dtype=bool))
-    with pytest.raises(ValueError, match="no usable embeddings"):
+    with pytest.raises(StageError, match="stage cluster .*no usable embeddings"):
         run("cluster", pool, tmp_path / "out", clusters=2)
 
 

@@ -13,7 +13,8 @@ import pytest
 from curate.kernels.embeddings import decode
 
 from curate.steps.datacomp import import_datacomp
-from curate.pool import POOL_INFO, PoolError
+from curate.pool import POOL_INFO
+from curate.errors import PoolError
 from curate.uid import malformed_uid_rows
 from curate.demo.synthetic import write_datacomp_pool
 

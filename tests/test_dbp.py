@@ -13,8 +13,8 @@ from curate.stages import dbp
 from curate.kernels import kmeans
 from curate.stages.dbp import DbpConfig
 from curate.kernels.embeddings import encode
-from curate.contract import RecipeError
-from tests.test_cluster import planted_embeddings, run, table, write_embedding_pool
+from curate.errors import RecipeError
+from tests.helpers import planted_embeddings, run, table, write_embedding_pool
 
 
 def exact_lambda(base, lower, upper, target):

@@ -5,22 +5,18 @@ Tiny generated images and the tiny curate-tiny-vit architecture, random or saved
 network, no downloaded weights.
 """
 
-import io
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from curate.stages import embed
 from curate.models import clip as models
@@ -28,75 +24,22 @@ from curate import pipeline
 from curate.kernels.embeddings import decode
 from curate.recipe import parse_recipe
 from curate.runio import read_manifest
-from curate.contract import RecipeError
-from curate.uid import derive_uid
+from curate.errors import RecipeError
+from tests.helpers import bad_rows, embed_config, embed_table, good_rows, write_image_pool
 
 BIN = Path(sys.executable).parent
-COLOURS = {"red": (214, 40, 40), "green": (45, 160, 60), "blue": (35, 85, 215), "yellow": (240, 215, 35)}
 
 
-def png_header(width: int, height: int, rows: int | None = None) -> bytes:
-    """A 1-bit PNG of the given size whose pixel data (all ``rows`` of it) inflates to
-    width * height / 8 bytes: a decompression bomb at 20,000 x 20,000, 1 KB on disk."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    compressor = zlib.compressobj(9)
-    row = bytes(1 + (width + 7) // 8)
-    body = b"".join(compressor.compress(row * 1000) for _ in range((rows or height) // 1000)) + compressor.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
 
 
-def image_bytes(colour: str, seed: int, fmt: str = "JPEG") -> bytes:
-    rng = np.random.default_rng(seed)
-    width, height = int(rng.integers(40, 120)), int(rng.integers(40, 120))
-    image = Image.new("RGB", (width, height), tuple(int(c) for c in rng.integers(0, 255, 3)))
-    x, y = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
-    image.paste(COLOURS[colour], (x, y, x + width // 2, y + height // 2))
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
 
 
-def good_rows(n: int, offset: int = 0) -> list[dict]:
-    rows = []
-    for i in range(offset, offset + n):
-        colour = list(COLOURS)[i % len(COLOURS)]
-        text = f"a {colour} square number {i}"
-        rows.append({"uid": derive_uid(f"img://{i}", text), "text": text, "status": "success",
-                     "jpg": image_bytes(colour, i, "PNG" if i % 3 == 0 else "JPEG")})
-    return rows
 
 
-def bad_rows() -> list[dict]:
-    """One row per problem, with the embed_reason it must get."""
-    one_pixel = io.BytesIO()
-    Image.new("RGB", (1, 1), (255, 0, 0)).save(one_pixel, "PNG")
-    truncated = image_bytes("green", 3)
-    cases = [
-        ("no_image", None, "a caption without an image"),
-        ("decode_error", b"\xff\xd8\xff\xe0 this is not really a jpeg", "garbage bytes"),
-        ("decode_error", truncated[: len(truncated) // 2], "a truncated jpeg"),
-        ("tiny_image", one_pixel.getvalue(), "a single pixel"),
-        ("too_many_pixels", png_header(20_000, 20_000), "a 20000 x 20000 decompression bomb"),
-        ("too_many_pixels", png_header(10_000, 6_000, rows=1000), "above max_pixels, below PIL's own limit"),
-        ("no_text", image_bytes("blue", 2), None),
-        (None, image_bytes("red", 4), "a red square " * 80_000),  # ~1M characters: cut before tokenizing
-    ]
-    return [{"uid": derive_uid(f"bad://{index}", "x"), "text": text, "status": "success", "jpg": data, "expect": reason}
-            for index, (reason, data, text) in enumerate(cases)]
 
 
-SCHEMA = pa.schema([("uid", pa.string()), ("text", pa.string()), ("status", pa.string()), ("jpg", pa.binary())])
 
 
-def write_image_pool(directory: Path, shards: list[list[dict]]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for index, rows in enumerate(shards):
-        table = pa.Table.from_pylist([{k: r[k] for k in SCHEMA.names} for r in rows], schema=SCHEMA)
-        pq.write_table(table, directory / f"{index:05d}.parquet")
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -105,16 +48,12 @@ def image_pool(tmp_path_factory) -> Path:
     return write_image_pool(tmp_path_factory.mktemp("embed") / "pool", [rows[:12], bad_rows(), [], rows[12:]])
 
 
-def embed_config(**values):
-    return parse_recipe({"stages": {"embed": {"batch_size": 8, **values}}, "select": "true"}, "t").stages[0][1]
 
 
 def run_embed(pool, out, engine="local", spark=None, **values) -> dict:
     return pipeline.run_stage("embed", embed_config(**values), pool, out, engine=engine, workers=2, spark=spark)
 
 
-def embed_table(out: Path) -> pa.Table:
-    return pq.read_table(sorted((out / "embed").glob("part-*.parquet"))).sort_by("uid")
 
 
 def test_embeddings_are_normalised_float16_with_a_reason_where_there_is_none(image_pool, tmp_path):
@@ -151,7 +90,7 @@ def test_embeddings_do_not_depend_on_partitioning_or_threads(image_pool):
 
 
 def test_a_pool_without_images_is_refused_clearly(tmp_path):
-    from tests.conftest import write_pool
+    from tests.helpers import write_pool
 
     pool = write_pool(tmp_path / "pool", [5])
     with pytest.raises(RecipeError, match="reads column 'jpg'"):

@@ -16,8 +16,7 @@ import pytest
 from curate import pipeline
 from curate.recipe import load_recipe, parse_recipe
 from curate.runio import read_manifest
-from curate.steps.subset import run_subset_local, run_subset_spark
-from tests.conftest import make_rows, write_pool
+from tests.helpers import make_rows, run_subset, write_pool
 
 BIN = Path(sys.executable).parent
 
@@ -28,7 +27,7 @@ def stage_table(out: Path, stage: str):
 
 def run_align(pool, out, engine="local", spark=None, **values):
     recipe = parse_recipe({"stages": {"align": values}, "select": "align_keep"}, "t")
-    return pipeline.run_stage("align", recipe.stages[0][1], pool, out, engine=engine, workers=2, spark=spark)
+    return pipeline.run_stage(*recipe.stages[0], pool, out, engine=engine, workers=2, spark=spark)
 
 
 def test_local_stage_output_is_row_aligned_with_the_pool(tiny_pool, tmp_path):
@@ -138,7 +137,7 @@ def test_local_engine_refuses_to_continue_a_spark_run_directory(tiny_pool, tmp_p
     run_align(tiny_pool, out, engine="spark", spark=spark)
     recipe = parse_recipe({"stages": {"align": {}}, "select": "align_keep"}, "t")
     with pytest.raises(Exception, match="row-aligned|spark engine"):
-        run_subset_local(tiny_pool, out, ["align"], recipe.select, workers=1)
+        run_subset(tiny_pool, out, ["align"], recipe.select)
 
 
 def _pool_with_scores(directory: Path) -> Path:
@@ -157,16 +156,16 @@ def test_select_reads_nan_as_null_and_keeps_nan_in_the_rows(tmp_path, engine, re
     pool = _pool_with_scores(tmp_path / "pool")
     out = tmp_path / "out"
     if engine == "local":
-        run_subset_local(pool, out, [], "score >= 0.5", workers=1)
+        run_subset(pool, out, [], "score >= 0.5")
     else:
-        run_subset_spark(pool, out, [], "score >= 0.5", spark=request.getfixturevalue("spark"))
+        run_subset(pool, out, [], "score >= 0.5", "spark", request.getfixturevalue("spark"))
     kept = pq.read_table(sorted((out / "subset").glob("part-*.parquet"))).sort_by("score")
     assert kept.column("score").to_pylist() == [0.5, 0.7, 0.9]
     # NOT (score >= 0.5): NaN is NULL, so NOT NULL is NULL, not true; the rows keep NaN otherwise
     shutil.rmtree(out)
     if engine == "local":
-        run_subset_local(pool, out, [], "score < 0.5 OR score IS NULL", workers=1)
+        run_subset(pool, out, [], "score < 0.5 OR score IS NULL")
     else:
-        run_subset_spark(pool, out, [], "score < 0.5 OR score IS NULL", spark=request.getfixturevalue("spark"))
+        run_subset(pool, out, [], "score < 0.5 OR score IS NULL", "spark", request.getfixturevalue("spark"))
     kept = pq.read_table(sorted((out / "subset").glob("part-*.parquet"))).column("score").to_pylist()
     assert len(kept) == 5 and sum(v != v for v in kept if v is not None) == 2 and None in kept

@@ -19,7 +19,7 @@ from PIL import Image
 from curate.cli import main
 from curate.reports.html import THUMB_PX, thumbnail, write_html_report
 from curate.runio import read_json
-from tests.small_run import jpeg, make_small_run
+from tests.helpers import jpeg, make_small_run
 
 FIGURES = ["funnel", "score score_clip histogram", "laion2b clip_b32_similarity_score histogram",
            "metaclip head/tail", "cluster sizes"]

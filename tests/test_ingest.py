@@ -16,7 +16,8 @@ from PIL import Image
 from curate.steps import ingest as ingest_module
 from curate.demo.server import serve
 from curate.steps.ingest import POOL_SCHEMA, ingest, raw_files, read_url_list
-from curate.pool import POOL_INFO, PoolError, scan_shards
+from curate.pool import POOL_INFO, scan_shards
+from curate.errors import PoolError
 from curate.uid import derive_uid
 
 pytestmark = pytest.mark.filterwarnings("ignore:.imghdr. is deprecated:DeprecationWarning")

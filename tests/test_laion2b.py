@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from curate.stages.laion2b import STAGE, Laion2bConfig
-from curate.contract import RecipeError, make_config
+from curate.contract import make_config
+from curate.errors import RecipeError
 
 ENGLISH = "The quick brown fox jumps over the lazy dog near the river bank"
 GERMAN = "Der schnelle braune Fuchs springt über den faulen Hund am Flussufer"
@@ -27,7 +28,7 @@ def pool(texts, scores=None, score_type=pa.float32(), column="clip_b32_similarit
 
 
 def run(table: pa.Table, cfg: Laion2bConfig | None = None) -> pa.Table:
-    return STAGE.run_apply(table, cfg or Laion2bConfig(), None)
+    return STAGE.checked_apply(table, cfg or Laion2bConfig(), None)
 
 
 def test_language_and_score():

@@ -8,17 +8,18 @@ import math
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from curate import pipeline
 from curate.stages.metaclip import STAGE, MetaclipConfig, keep_probability, sampling_probabilities
+from curate.stages.metaclip_match import STAGE as MATCH, MetaclipMatchConfig
 from curate.recipe import parse_recipe
-from curate.contract import RecipeError, make_config
+from curate.contract import make_config
+from curate.errors import RecipeError
 from curate.uid import derive_uid
-from tests.conftest import write_pool
+from tests.helpers import fit_in_memory, write_pool
 
 ENTRIES = ["photo", "dog", "cat", "red car", "sunset", "zebra"]
 
@@ -35,19 +36,25 @@ def pool(texts: list[str | None]) -> pa.Table:
                      "text": pa.array(texts, pa.string())})
 
 
+def matched(batch: pa.Table, cfg: MetaclipConfig) -> pa.Table:
+    """The batch with the metaclip_match stage's column, as the engine hands it to metaclip."""
+    entries = MATCH.checked_apply(batch, MetaclipMatchConfig(metadata=cfg.metadata), None).column("metaclip_entries")
+    return batch.append_column("metaclip_entries", entries)
+
+
 def fit(batches: list[pa.Table], cfg: MetaclipConfig) -> pa.Table:
     """What every engine does: partial per batch, group-by-key sum, finalize."""
-    partials = [STAGE.fit.partial(STAGE.input_columns(batch, cfg), cfg, None) for batch in batches]
-    merged = (pl.from_arrow(pa.concat_tables(partials)).group_by("entry_id").agg(pl.col("n_texts").sum())
-              .sort("entry_id"))
-    return STAGE.fit.finalize(merged.to_arrow().cast(partials[0].schema), cfg, None)
+    return fit_in_memory(STAGE, cfg, [matched(batch, cfg) for batch in batches])
 
 
 def run(table: pa.Table, cfg: MetaclipConfig, batch_rows: int | None = None) -> tuple[pa.Table, pa.Table]:
+    """(artifact, uid + metaclip_entries + the balancing columns) over the table cut in batches."""
     step = batch_rows or max(table.num_rows, 1)
-    batches = [table.slice(start, step) for start in range(0, max(table.num_rows, 1), step)]
-    artifact = fit(batches, cfg)
-    return artifact, pa.concat_tables([STAGE.run_apply(batch, cfg, artifact) for batch in batches])
+    batches = [matched(table.slice(start, step), cfg) for start in range(0, max(table.num_rows, 1), step)]
+    artifact = fit_in_memory(STAGE, cfg, batches)
+    outputs = [STAGE.checked_apply(batch, cfg, artifact).add_column(1, "metaclip_entries", batch.column("metaclip_entries"))
+               for batch in batches]
+    return artifact, pa.concat_tables(outputs)
 
 
 def test_counts_are_pool_wide_whatever_the_batching(metadata):
@@ -126,35 +133,46 @@ def test_seed_changes_the_subset_and_batching_does_not(metadata):
     assert 900 < keep.sum() < 1100 and 900 < other_keep.sum() < 1100 and (keep != other_keep).sum() > 500
 
 
-def test_apply_refuses_missing_or_stale_counts(metadata, tmp_path):
+def test_apply_refuses_missing_counts_and_matches_of_another_list(metadata, tmp_path):
     cfg = MetaclipConfig(metadata=metadata)
     with pytest.raises(RuntimeError, match="fitted"):
-        STAGE.run_apply(pool(["dog"]), cfg, None)
-    artifact = fit([pool(["dog"])], cfg)
+        STAGE.checked_apply(matched(pool(["dog"]), cfg), cfg, None)
+    pool_dir = write_pool(tmp_path / "pool", [30])
+    pipeline.run_stage("metaclip_match", MetaclipMatchConfig(metadata=metadata), pool_dir, tmp_path / "out", workers=1)
     longer = tmp_path / "longer.json"
     longer.write_text(json.dumps(ENTRIES + ["extra"]))
-    with pytest.raises(RuntimeError, match="metadata changed"):
-        STAGE.run_apply(pool(["dog"]), MetaclipConfig(metadata=str(longer)), artifact)
+    with pytest.raises(RecipeError, match="matched another metadata list"):
+        pipeline.run_stage(STAGE, MetaclipConfig(metadata=str(longer)), pool_dir, tmp_path / "out", workers=1)
 
 
-def test_config_defaults_and_recipe():
+def test_config_defaults_and_recipe(metadata):
     cfg = MetaclipConfig()
     assert cfg.t == 20000 and cfg.seed == 0 and cfg.metadata.endswith("metadata/entries.json.gz")
     assert set(dataclasses.asdict(cfg)) == {"metadata", "t", "seed"}
     recipe = parse_recipe({"seed": 7, "stages": {"metaclip": {}}, "select": "metaclip_keep"}, "r",
-                          ["metaclip.t=5", "metaclip.metadata=x.json"])
-    assert recipe.stages[0][1] == MetaclipConfig(metadata="x.json", t=5, seed=7)
+                          ["metaclip.t=5", f"metaclip.metadata={metadata}"])
+    assert recipe.stage_names == ["metaclip_match", "metaclip"]
+    assert recipe.stages[0][1] == MetaclipMatchConfig(metadata=metadata)
+    assert recipe.stages[1][1] == MetaclipConfig(metadata=metadata, t=5, seed=7)
     with pytest.raises(RecipeError, match="threshold"):
         make_config(MetaclipConfig, {"threshold": 5}, "recipe.metaclip")
+    with pytest.raises(RecipeError, match="t must be >= 1"):  # before any data is read
+        parse_recipe({"stages": {"metaclip": {"t": 0}}, "select": "metaclip_keep"}, "r")
 
 
-def run_metaclip(pool_dir: Path, out: Path, metadata: str, engine: str = "local", spark=None):
+def run_metaclip(pool_dir: Path, out: Path, metadata: str, engine: str = "local", spark=None, workers: int = 2):
+    """The matching, then the balancing: what a recipe's metaclip entry runs; the balancing's manifest."""
     recipe = parse_recipe({"stages": {"metaclip": {"metadata": metadata, "t": 20}}, "select": "metaclip_keep"}, "t")
-    return pipeline.run_stage("metaclip", recipe.stages[0][1], pool_dir, out, engine=engine, workers=2, spark=spark)
+    return [pipeline.run_stage(stage, cfg, pool_dir, out, engine=engine, workers=workers, spark=spark)
+            for stage, cfg in recipe.stages][-1]
 
 
 def stage_table(out: Path) -> pa.Table:
-    return pq.read_table(sorted((out / "metaclip").glob("part-*.parquet"))).sort_by("uid")
+    """uid, metaclip_entries and the balancing's columns, by uid."""
+    entries = pq.read_table(sorted((out / "metaclip_match").glob("part-*.parquet"))).sort_by("uid")
+    decisions = pq.read_table(sorted((out / "metaclip").glob("part-*.parquet"))).sort_by("uid")
+    assert entries.column("uid").equals(decisions.column("uid"))
+    return decisions.add_column(1, "metaclip_entries", entries.column("metaclip_entries"))
 
 
 @pytest.mark.spark
@@ -194,15 +212,15 @@ def test_editing_the_metadata_in_place_reruns_the_stage(tmp_path):
     second = run_metaclip(pool_dir, tmp_path / "out", str(metadata))
     assert first["fingerprint"] != second["fingerprint"]
     assert first["metadata_sha256"] != second["metadata_sha256"]
-    output = pq.read_table(tmp_path / "out" / "metaclip" / "part-00000.parquet")  # row-aligned with the shard
+    output = pq.read_table(tmp_path / "out" / "metaclip_match" / "part-00000.parquet")  # row-aligned with the shard
     captions = pq.read_table(pool_dir / "00000.parquet").column("text").to_pylist()
     matched = [1 in ids for ids in output.column("metaclip_entries").to_pylist()]
     assert matched == [" circle " in f" {text} " for text in captions] and any(matched)
 
 
-def test_local_engine_matches_each_caption_once_and_falls_back_without_the_carry(tmp_path, metadata, monkeypatch):
-    """The fit's matches are carried to the apply (Fit.partial_carry): one match pass, not two;
-    a partition whose carry file is gone is matched again, with the same result."""
+def test_each_caption_is_matched_once_and_the_balancing_matches_nothing(tmp_path, metadata, monkeypatch):
+    """Matching is its own per-row stage: one match call per partition; counting and balancing read
+    its column and never match (so Spark, which runs the same two stages, matches once too)."""
     from curate.kernels.metaclip_match import Matcher
 
     pool_dir = write_pool(tmp_path / "pool", [300, 0, 250, 450])
@@ -210,33 +228,9 @@ def test_local_engine_matches_each_caption_once_and_falls_back_without_the_carry
     original = Matcher.match
     monkeypatch.setattr(Matcher, "match", lambda self, texts: calls.append(len(texts)) or original(self, texts))
     recipe = parse_recipe({"stages": {"metaclip": {"metadata": metadata, "t": 20}}, "select": "metaclip_keep"}, "t")
-    cfg = recipe.stages[0][1]
-    pipeline.run_stage("metaclip", cfg, pool_dir, tmp_path / "out", engine="local", workers=1)  # in this process
-    assert sorted(calls) == [0, 250, 300, 450]  # the fit only
-    assert not (tmp_path / "out" / "metaclip" / "_carry").exists()
-    reference = stage_table(tmp_path / "out")
-    expected = pa.concat_tables([STAGE.run_apply(pq.read_table(p, columns=["uid", "text"]), cfg,
-                                                 pq.read_table(tmp_path / "out" / "metaclip" / "_artifact.parquet"))
-                                 for p in sorted(pool_dir.glob("*.parquet"))]).sort_by("uid")
-    assert reference.equals(expected)  # carried matches give what matching in apply gives
-
-    # a run killed after the fit: two partitions to redo, one carry file lost
-    stage_dir = tmp_path / "out" / "metaclip"
-    manifest = json.loads((stage_dir / "_manifest.json").read_text())
-    manifest["status"] = "running"
-    (stage_dir / "_manifest.json").write_text(json.dumps(manifest))
-    for part in ("part-00002", "part-00003"):
-        (stage_dir / f"{part}.parquet").unlink()
-        next((stage_dir / "_done").glob(f"{part}*")).unlink()
-    (stage_dir / "_carry").mkdir()
-    carried = pq.read_table(pool_dir / "00002.parquet", columns=["uid"])
-    matches = STAGE.fit.partial_carry(pq.read_table(pool_dir / "00002.parquet", columns=["uid", "text"]), cfg, None)[1]
-    with pa.OSFile(str(stage_dir / "_carry" / "part-00002.arrow"), "wb") as sink:
-        table = pa.Table.from_arrays([carried.column("uid"), *matches.columns], names=["uid", *matches.column_names])
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-    calls.clear()
-    pipeline.run_stage("metaclip", cfg, pool_dir, tmp_path / "out", engine="local", workers=1)
-    assert calls == [450]  # part-00003 lost its carry: matched again; part-00002 used its carry
-    assert stage_table(tmp_path / "out").equals(reference)
-    assert not (stage_dir / "_carry").exists()
+    (match_stage, match_cfg), (stage, cfg) = recipe.stages
+    pipeline.run_stage(match_stage, match_cfg, pool_dir, tmp_path / "out", workers=1)  # in this process
+    assert sorted(calls) == [0, 250, 300, 450]
+    monkeypatch.setattr(Matcher, "match", lambda self, texts: pytest.fail("the balancing matched captions"))
+    pipeline.run_stage(stage, cfg, pool_dir, tmp_path / "out", workers=1)
+    assert stage_table(tmp_path / "out").num_rows == 1000

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from curate.kernels import metaclip_match
-from curate.kernels.metaclip_match import Matcher, load_metadata
+from curate.kernels.metaclip_match import Matcher
+from curate.resources import load_metadata
 
 
 def spaced_reference(text: str) -> str:

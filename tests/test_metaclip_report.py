@@ -17,7 +17,7 @@ import pytest
 from curate.cli import main
 from curate.runio import read_json
 from curate.uid import derive_uid
-from tests.conftest import write_pool
+from tests.helpers import write_pool
 
 ZIPF = {"alpha": 2000, "beta": 1000, "gamma": 500, "delta": 100, "eps": 20}
 
@@ -79,7 +79,9 @@ def test_demo_recipe_and_the_stage_command(tmp_path):
     alone = tmp_path / "alone"
     assert main(["metaclip", "--pool", str(pool), "--out", str(alone), "--set", "t=5", "--workers", "1"]) == 0
     parts = pq.read_table(sorted((alone / "metaclip").glob("part-*.parquet")))
-    assert parts.num_rows == 100 and parts.schema.field("metaclip_entries").type == pa.list_(pa.int32())
+    matches = pq.read_table(sorted((alone / "metaclip_match").glob("part-*.parquet")))  # run first, by itself
+    assert parts.num_rows == matches.num_rows == 100 and "metaclip_keep" in parts.column_names
+    assert matches.schema.field("metaclip_entries").type == pa.list_(pa.int32())
 
 
 def _fake_sources(tmp_path: Path) -> tuple[Path, Path]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.small_run import make_small_run
+from tests.helpers import make_small_run
 
 nbformat = pytest.importorskip("nbformat", reason="pip install -e '.[test]' (nbformat, nbclient, ipykernel)")
 nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[test]' (nbformat, nbclient, ipykernel)")

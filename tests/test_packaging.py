@@ -48,7 +48,8 @@ def test_environment_variable_comes_first_and_a_missing_file_names_where_it_look
 
 
 def test_metaclip_with_a_missing_metadata_file_says_so(tmp_path):
-    from curate.stages.metaclip import MetaclipConfig, describe
+    from curate.errors import RecipeError
+    from curate.stages.metaclip import MetaclipConfig
 
-    with pytest.raises(FileNotFoundError, match="nope.json.*CURATE_METADATA_DIR"):
-        describe(MetaclipConfig(metadata=str(tmp_path / "nope.json")))
+    with pytest.raises(RecipeError, match="nope.json.*CURATE_METADATA_DIR"):  # when the recipe is read
+        MetaclipConfig(metadata=str(tmp_path / "nope.json"))

@@ -2,8 +2,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.pool import PoolError, check_unique_uids, list_shards, read_shard, scan_shards
-from tests.conftest import write_pool
+from curate.pool import check_unique_uids, list_shards, read_shard, scan_shards
+from curate.errors import PoolError
+from tests.helpers import write_pool
 
 
 def test_shards_are_the_top_level_parquet_files_in_name_order(tiny_pool):

@@ -1,23 +1,28 @@
 import pytest
 
 from curate.recipe import load_recipe, parse_recipe
-from curate.contract import RecipeError
-from curate.steps.subset import check_select, referenced_columns
+from curate.errors import RecipeError
+import pyarrow as pa
+
+from curate.selection import parse_select
+from curate.steps.subset import check_select
 
 
 def test_demo_recipe_loads_with_paper_defaults():
     recipe = load_recipe("jobs/recipes/demo.yaml")
-    names = [name for name, _ in recipe.stages]
-    assert names[:3] == ["basic", "laion2b", "align"] and "metaclip" in names
-    basic = dict(recipe.stages)["basic"]
-    assert basic.min_side == 200 and basic.max_aspect == 3.0
-    assert dict(recipe.stages)["laion2b"].score_column is None
+    names = recipe.stage_names
+    assert names[:3] == ["basic", "laion2b", "align"]
+    assert names.index("metaclip_match") == names.index("metaclip") - 1  # the matching runs first, by itself
+    stages = {stage.name: cfg for stage, cfg in recipe.stages}
+    assert stages["basic"].min_side == 200 and stages["basic"].max_aspect == 3.0
+    assert stages["laion2b"].score_column is None
+    assert stages["metaclip_match"].metadata == stages["metaclip"].metadata
 
 
 def test_overrides_are_yaml_scalars_and_reach_the_config():
     recipe = load_recipe("jobs/recipes/demo.yaml", ["basic.min_side=300", "align.max_images_per_text=5",
                                                     "select=basic_keep", "seed=7"])
-    stages = dict(recipe.stages)
+    stages = {stage.name: cfg for stage, cfg in recipe.stages}
     assert stages["basic"].min_side == 300
     assert stages["align"].max_images_per_text == 5
     assert recipe.select == "basic_keep" and recipe.seed == 7
@@ -41,8 +46,9 @@ def test_override_of_a_stage_not_in_the_recipe_is_an_error():
 
 
 def test_select_columns_are_checked():
-    assert referenced_columns("status = 'success' AND basic_keep AND NOT align_keep") == ["align_keep", "basic_keep", "status"]
+    assert parse_select("status = 'success' AND basic_keep AND NOT align_keep").columns() == ["align_keep", "basic_keep", "status"]
+    schema = pa.schema([("basic_keep", pa.bool_()), ("status", pa.string())])
     with pytest.raises(RecipeError, match=r"unknown column\(s\) \['bsic_keep'\]"):
-        check_select("bsic_keep AND status = 'success'", ["basic_keep", "status"])
-    with pytest.raises(RecipeError, match="not a valid SQL expression"):
-        referenced_columns("basic_keep AND (")
+        check_select(parse_select("bsic_keep AND status = 'success'"), schema)
+    with pytest.raises(RecipeError, match="not an allowed expression"):
+        parse_select("basic_keep AND (")

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from curate.cli import main
+from curate.engines import open_session
 from curate.steps.reshard import ReshardConfig, ReshardError, reshard
 from curate.uid import derive_uid, uid_pairs, write_datacomp_subset
 
@@ -240,7 +241,8 @@ def test_local_and_spark_write_identical_shards(tmp_path, spark):
     for shuffle in (True, False):
         cfg = ReshardConfig(shard_size=5, shuffle=shuffle, blur_faces=True)
         local = reshard(run, tmp_path / f"local{shuffle}", cfg, pool=pool, workers=2)
-        distributed = reshard(run, tmp_path / f"spark{shuffle}", cfg, pool=pool, engine="spark", spark=spark)
+        with open_session("spark", spark=spark) as session:
+            distributed = reshard(run, tmp_path / f"spark{shuffle}", cfg, pool=pool, session=session)
         names = sorted(p.name for p in (tmp_path / f"local{shuffle}").iterdir() if p.name != "_manifest.json")
         assert names == sorted(p.name for p in (tmp_path / f"spark{shuffle}").iterdir() if p.name != "_manifest.json")
         assert len(names) == 6 and local["blurred"] == distributed["blurred"] == 2 and local["successes"] == 10

@@ -11,10 +11,11 @@ import pytest
 from curate import pipeline
 from curate.steps.datacomp import import_datacomp
 from curate.kernels.embeddings import decode, encode
-from curate.engines.local import merge_partials
 from curate.recipe import parse_recipe
-from curate.stages.score import ScoreConfig, apply, key_value, order_keys, score_histogram, settle_threshold
-from curate.contract import RecipeError
+from curate.kernels.quantile import key_value, order_keys
+from curate.stages.score import STAGE, ScoreConfig, apply, choose_bucket
+from tests.helpers import config, fit_in_memory
+from curate.errors import RecipeError
 from curate.demo.synthetic import write_datacomp_pool
 
 
@@ -35,10 +36,7 @@ def fit_and_apply(values: np.ndarray, fraction: float, batches: int = 3) -> np.n
     table = pa.table({"s": pa.array(values, pa.float32())})
     size = max(1, -(-len(values) // batches))
     parts = [table.slice(start, size) for start in range(0, max(len(values), 1), size)]
-    artifact = None
-    for _ in range(2):
-        merged = merge_partials([score_histogram(part, cfg, artifact) for part in parts], ("bin",), None)
-        artifact = settle_threshold(merged, cfg, artifact)
+    artifact = fit_in_memory(STAGE, cfg, parts)
     return apply(table, cfg, artifact).column("score_keep").to_numpy(zero_copy_only=False)
 
 
@@ -108,8 +106,7 @@ def bad_embedding_pool(tmp_path_factory) -> Path:
 
 
 def run_score(pool: Path, out: Path, engine: str = "local", spark=None, **values):
-    cfg = parse_recipe({"stages": {"score": values}, "select": "score_keep"}, "t").stages[0][1]
-    pipeline.run_stage("score", cfg, pool, out, engine=engine, workers=1, spark=spark)
+    pipeline.run_stage("score", config("score", **values), pool, out, engine=engine, workers=1, spark=spark)
     return pq.read_table(sorted((out / "score").glob("part-*.parquet"))).sort_by("uid")
 
 
@@ -148,13 +145,13 @@ def test_embeddings_of_another_model_or_dimension_are_refused(bad_embedding_pool
     assert run_score(bad_embedding_pool, tmp_path / "b", embeddings="b32", score_column=None,
                      model="ViT-B-32").num_rows == 600
     table = pa.table({"image_emb": encode(np.ones((2, 4))), "text_emb": encode(np.ones((2, 6)))})
-    with pytest.raises(ValueError, match="dimension 4 but text embeddings 6"):
+    with pytest.raises(RecipeError, match="dimension 4 but its text embeddings 6"):
         apply(table, ScoreConfig(embeddings="b32", score_column=None), _artifact(0.0))
 
 
 def _artifact(threshold: float) -> pa.Table:
     cfg = ScoreConfig(score_column="s", fraction=None, threshold=threshold)
-    return settle_threshold(pa.table({"bin": pa.array([], pa.int64()), "rows": pa.array([], pa.int64())}), cfg, None)
+    return choose_bucket(pa.table({"bin": pa.array([], pa.int64()), "rows": pa.array([], pa.int64())}), cfg, None)
 
 
 @pytest.mark.spark

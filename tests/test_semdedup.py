@@ -11,7 +11,7 @@ import pytest
 from curate.stages import semdedup
 from curate.kernels.embeddings import encode
 from curate.stages.semdedup import SemDedupConfig
-from tests.test_cluster import planted_embeddings, run, table, write_embedding_pool
+from tests.helpers import planted_embeddings, run, table, write_embedding_pool
 
 
 def reference(vectors: np.ndarray, centroid_sim: np.ndarray, clusters: np.ndarray, uids: list[str], eps: float):

@@ -7,10 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import pipeline
-from curate.pool import PoolError
-from curate.contract import RecipeError
+from curate.errors import PoolError
+from curate.errors import RecipeError
 from curate.steps.train_dfn import TrainSettings, train_dfn
-from tests.test_embed import bad_rows, embed_config, embed_table, good_rows, write_image_pool
+from tests.helpers import bad_rows, embed_config, embed_table, good_rows, write_image_pool
 
 TINY = TrainSettings(epochs=2, batch_size=16)
 

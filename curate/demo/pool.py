@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from curate.demo import captions
 from curate.demo import draw
+from curate.errors import RecipeError
 from curate.uid import derive_uid
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,11 @@ TRUTH_SCHEMA = pa.schema([(name, pa.string()) for name in
 def defect_counts(n: int, clean_only: bool = False) -> dict[str, int]:
     """How many samples get each defect; the rest ("clean") carry none."""
     if n < 1:
-        raise ValueError(f"a demo pool needs n >= 1 (got {n})")
+        raise RecipeError(f"a demo pool needs n >= 1 (got {n})")
     if clean_only:
         return {"clean": n}
     if n < MIN_DEFECT_POOL:
-        raise ValueError(f"a demo pool with defects needs n >= {MIN_DEFECT_POOL} (got {n}); use clean_only")
+        raise RecipeError(f"a demo pool with defects needs n >= {MIN_DEFECT_POOL} (got {n}); use clean_only")
     counts = {name: max(minimum, round(share * n)) for name, (share, minimum) in DEFECTS.items()}
     return {"clean": n - sum(counts.values()), **counts}
 

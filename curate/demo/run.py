@@ -27,6 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.engines import Session
 from curate.demo.pool import make_demo_pool, materialize_urls
 from curate.demo.server import serve
 from curate.steps.ingest import ingest
@@ -98,34 +99,28 @@ def prepare_dfn(out_dir: Path) -> Path:
 
 
 def run_demo(out_dir: Path = Path("out/demo"), *, n: int = 3000, seed: int = 0, recipe_path: Path,
-             overrides: list[str] = (), engine: str = "local", workers: int | None = None,
-             master: str | None = None) -> dict:
+             overrides: list[str] = (), session: Session) -> dict:
     started = time.perf_counter()
     recipe = load_recipe(recipe_path, list(overrides))
     prepare_source(out_dir / "source", n, seed)
-    download(out_dir / "source", out_dir / "pool", workers)
-    if any(name == "embed" and cfg.pretrained is None for name, cfg in recipe.stages):
+    download(out_dir / "source", out_dir / "pool", session.workers.workers)
+    if any(stage.name == "embed" and cfg.pretrained is None for stage, cfg in recipe.stages):
         checkpoint = prepare_dfn(out_dir)
         recipe = load_recipe(recipe_path, [f"embed.pretrained={checkpoint}", *overrides])
-    report = run_recipe(recipe, out_dir / "pool", out_dir, engine=engine, workers=workers, master=master)
-    outputs = training_outputs(out_dir, engine, workers, master)
+    report = run_recipe(recipe, out_dir / "pool", out_dir, session=session)
+    outputs = training_outputs(out_dir, session)
     log.info("demo finished in %.1fs: %s, %s, %s, %s", time.perf_counter() - started, out_dir / "subset",
              out_dir / "subset.npy", out_dir / "report.json", ", ".join(map(str, outputs)))
     return report
 
 
-def training_outputs(out_dir: Path, engine: str, workers: int | None, master: str | None) -> list[Path]:
+def training_outputs(out_dir: Path, session: Session) -> list[Path]:
     """What follows a run: the subset as webdataset shards, the HTML report, the walkthrough
     notebook executed on the run (when nbclient is installed: the test extra, which make installs)."""
     from curate.reports.html import write_html_report
     from curate.steps.reshard import ReshardConfig, reshard
 
-    spark = None
-    if engine == "spark":
-        from curate.engines.spark import get_spark
-
-        spark = get_spark(master)
-    reshard(out_dir, out_dir / "shards", ReshardConfig(shard_size=1000), engine=engine, workers=workers, spark=spark)
+    reshard(out_dir, out_dir / "shards", ReshardConfig(shard_size=1000), session=session)
     outputs = [out_dir / "shards", write_html_report(out_dir)]
     notebook = execute_notebook(NOTEBOOK, out_dir)
     return outputs + ([notebook] if notebook else [])

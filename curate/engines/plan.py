@@ -10,6 +10,9 @@
   resumed run never mixes partitions computed under two configurations.
 - Layout: the local engine writes one output part per pool shard, row-aligned with it
   ("pool-shards"); Spark writes its own partitioning ("spark"), joined by uid.
+- Merging fit partials: group by the pass's keys and sum the other columns (no keys: one row of
+  sums), then the pass's ``having`` predicate; ``merge_partials`` is the local engine's, Spark's is
+  ``groupBy(keys).agg(sum)``.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.pool import Shard, shard_columns
 from curate.runio import MANIFEST, atomic_write_table, read_manifest
-from curate.contract import RecipeError, Stage, config_dict
+from curate.contract import Pass, Stage, config_dict
+from curate.errors import RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +105,20 @@ def _fingerprint(stage: Stage, cfg: Any, shards: list[Shard], upstream: dict[str
     parts = [stage.name, config_dict(cfg), pool, sorted(upstream.items())]
     blob = json.dumps(parts + ([description] if description is not None else []), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def merge_partials(partials: list[pa.Table], step: Pass, cfg: Any) -> pa.Table:
+    """Group the partial tables by the pass's keys and sum the other columns, then filter."""
+    frame = pl.from_arrow(pa.concat_tables([step.schema.empty_table(), *partials]))
+    sums = [pl.col(c).sum() for c in step.sums()]
+    if step.keys:
+        merged = frame.group_by(list(step.keys)).agg(sums).sort(list(step.keys))
+    else:
+        merged = frame.select(sums)
+    having = step.having(cfg) if step.having else None
+    if having:
+        merged = merged.filter(pl.sql_expr(having))
+    return merged.to_arrow().select(step.schema.names).cast(step.schema)
 
 
 def require_local_layout(directories: list[Path]) -> None:
@@ -179,13 +198,3 @@ def cached_artifact(stage_dir: Path) -> pa.Table | None:
         _ARTIFACTS.clear()
         _ARTIFACTS[key] = pq.read_table(path)
     return _ARTIFACTS[key]
-
-
-def empty_input(plan: Plan, shards: list[Shard], out_dir: Path) -> pa.Table:
-    """A zero-row table with the stage's input schema (to learn a partial's output schema)."""
-    fields = [pq.read_schema(shards[0].path).field(c) for c in plan.sources[POOL]]
-    for name, columns in plan.sources.items():
-        if name != POOL:
-            schema = pq.read_schema(next(plan.source_dirs[name].glob("part-*.parquet")))
-            fields += [schema.field(c) for c in columns]
-    return pa.schema(fields).empty_table()

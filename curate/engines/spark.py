@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.engines import plan as planning
+from curate.engines.failures import local_failures, marked, spark_failure
 from curate.pool import Shard, scan_shards
 from curate.runio import read_manifest, write_manifest
 from curate.contract import Stage
@@ -86,14 +87,25 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, spark=No
         log.info("%s: complete in %s, skipping", stage.name, plan.stage_dir)
         return read_manifest(plan.stage_dir)
     write_manifest(plan.stage_dir, **planning.manifest_fields(plan, "spark", LAYOUT, "running"))
+    try:
+        return _run(plan, shards, out_dir, spark)
+    except Exception as error:
+        failure = spark_failure(error, shards)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def _run(plan: planning.Plan, shards: list[Shard], out_dir: Path, spark) -> dict:
+    stage, cfg = plan.stage, plan.cfg
     started = time.perf_counter()
     frame = input_frame(spark, plan, shards, out_dir)
-    artifact = _fit(plan, frame, shards, out_dir) if stage.fit else None
+    artifact = _fit(plan, frame) if stage.fit else None
     fit_seconds, started = round(time.perf_counter() - started, 3), time.perf_counter()
     if stage.group_by is not None:
         output = _apply_groups(stage, cfg, artifact, frame)
     else:
-        output = frame.mapInArrow(_apply_batches(stage, cfg, artifact), _spark_schema(stage.output_schema()))
+        output = frame.mapInArrow(BatchApply(stage, cfg, artifact), _spark_schema(stage.output_schema()))
     rows = write_parts(output, plan.stage_dir)
     return write_manifest(plan.stage_dir, **planning.manifest_fields(
         plan, "spark", LAYOUT, "complete", rows=rows,
@@ -101,42 +113,82 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, spark=No
         seconds_last_run=round(time.perf_counter() - started, 3)))  # the apply only, as on the local engine
 
 
-def _fit(plan: planning.Plan, frame, shards: list[Shard], out_dir: Path) -> pa.Table:
+def _fit(plan: planning.Plan, frame) -> pa.Table:
     from pyspark.sql import functions as F
 
     artifact = planning.load_artifact(plan.stage_dir)
     if artifact is not None:
         return artifact
-    stage, fit, cfg = plan.stage, plan.stage.fit, plan.cfg
-    empty = stage.input_columns(planning.empty_input(plan, shards, out_dir), cfg)
-    for _ in range(fit.passes):
-        partial_schema = fit.partial(empty, cfg, artifact).schema
-        sums = [F.sum(c).alias(c) for c in partial_schema.names if c not in fit.keys]
-        merged = frame.mapInArrow(_partial_batches(stage, cfg, artifact), _spark_schema(partial_schema))
-        merged = merged.groupBy(*fit.keys).agg(*sums)
-        having = fit.having(cfg)
+    stage, cfg = plan.stage, plan.cfg
+    for number, step in enumerate(stage.fit.passes):
+        partials = frame.mapInArrow(BatchPartial(stage, cfg, number, artifact), _spark_schema(step.schema))
+        merged = partials.groupBy(*step.keys).agg(*[F.sum(c).alias(c) for c in step.sums()])
+        having = step.having(cfg) if step.having else None
         if having:
             merged = merged.filter(F.expr(having))
-        merged_table = merged.orderBy(*fit.keys).toArrow().cast(partial_schema)
-        artifact = fit.finalize(merged_table, cfg, artifact)
+        merged = merged.orderBy(*step.keys) if step.keys else merged
+        table = merged.toArrow().select(step.schema.names).cast(step.schema)
+        with local_failures(stage.name, f"fit pass {step.name}: finalize", plan.stage_dir):
+            artifact = step.finalize(table, cfg, artifact)
     planning.save_artifact(plan, artifact)
     return artifact
 
 
-def _partial_batches(stage: Stage, cfg: Any, previous: pa.Table | None):
-    def partials(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+class BatchPartial:
+    """mapInArrow function: pass ``number``'s partial of every batch (a picklable value)."""
+
+    def __init__(self, stage: Stage, cfg: Any, number: int, previous: pa.Table | None):
+        self.stage, self.cfg, self.number, self.previous = stage, cfg, number, previous
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            yield from stage.fit.partial(stage.input_columns(pa.Table.from_batches([batch]), cfg), cfg, previous).to_batches()
+            table = pa.Table.from_batches([batch])
+            try:
+                result = self.stage.checked_partial(self.number, table, self.cfg, self.previous)
+            except Exception as error:
+                raise marked(self.stage.name, f"fit pass {self.stage.fit.passes[self.number].name}", table, error) from None
+            yield from result.to_batches()
 
-    return partials
 
+class BatchApply:
+    """mapInArrow function: the stage's apply on every batch."""
 
-def _apply_batches(stage: Stage, cfg: Any, artifact: pa.Table | None):
-    def apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def __init__(self, stage: Stage, cfg: Any, artifact: pa.Table | None):
+        self.stage, self.cfg, self.artifact = stage, cfg, artifact
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            yield from stage.run_apply(pa.Table.from_batches([batch]), cfg, artifact).to_batches()
+            yield from self.apply(pa.Table.from_batches([batch])).to_batches()
 
-    return apply
+    def apply(self, table: pa.Table, step: str = "apply") -> pa.Table:
+        try:
+            return self.stage.checked_apply(table, self.cfg, self.artifact)
+        except Exception as error:
+            raise marked(self.stage.name, step, table, error) from None
+
+
+class BatchKey(BatchApply):
+    """mapInArrow function: each row's group key appended as GROUP_KEY."""
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            try:
+                key = self.stage.group_by(self.stage.input_columns(table, self.cfg), self.cfg, self.artifact)
+            except Exception as error:
+                raise marked(self.stage.name, "group_by", table, error) from None
+            yield from table.append_column(GROUP_KEY, pa.chunked_array([key]).cast(pa.int64())).to_batches()
+
+
+def group_apply(stage: Stage, cfg: Any, artifact: pa.Table | None):
+    """applyInArrow function: the stage's apply on one group's rows. A plain function (cloudpickle
+    ships it with its closure): Spark reads its signature and type hints to choose how to call it."""
+    batch = BatchApply(stage, cfg, artifact)
+
+    def apply_group(table: pa.Table) -> pa.Table:
+        return batch.apply(table.drop_columns([GROUP_KEY]), "apply to a group")
+
+    return apply_group
 
 
 GROUP_KEY = "_group"
@@ -148,19 +200,11 @@ def _apply_groups(stage: Stage, cfg: Any, artifact: pa.Table | None, frame):
     from pyspark.sql import functions as F
     from pyspark.sql.types import LongType, StructField, StructType
 
-    def add_key(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            table = pa.Table.from_batches([batch])
-            key = pa.chunked_array([stage.group_by(stage.input_columns(table, cfg), cfg, artifact)]).cast(pa.int64())
-            yield from table.append_column(GROUP_KEY, key).to_batches()
-
-    def apply_group(table: pa.Table) -> pa.Table:
-        return stage.run_apply(table.drop_columns([GROUP_KEY]), cfg, artifact)
-
-    keyed = frame.mapInArrow(add_key, StructType([*frame.schema.fields, StructField(GROUP_KEY, LongType())]))
+    keyed = frame.mapInArrow(BatchKey(stage, cfg, artifact), StructType([*frame.schema.fields,
+                                                                         StructField(GROUP_KEY, LongType())]))
     schema = _spark_schema(stage.output_schema())
-    loose = keyed.filter(F.col(GROUP_KEY).isNull()).drop(GROUP_KEY).mapInArrow(_apply_batches(stage, cfg, artifact), schema)
-    grouped = keyed.filter(F.col(GROUP_KEY).isNotNull()).groupBy(GROUP_KEY).applyInArrow(apply_group, schema)
+    loose = keyed.filter(F.col(GROUP_KEY).isNull()).drop(GROUP_KEY).mapInArrow(BatchApply(stage, cfg, artifact), schema)
+    grouped = keyed.filter(F.col(GROUP_KEY).isNotNull()).groupBy(GROUP_KEY).applyInArrow(group_apply(stage, cfg, artifact), schema)
     return grouped.unionByName(loose)
 
 

@@ -25,7 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.errors import RecipeError
+
 EMBEDDINGS_DIR = "embeddings"
+MODALITIES = ("image", "text", "concat")
 
 
 def embedding_model(manifest: dict) -> str | None:
@@ -57,6 +60,37 @@ def embedding_columns(source: str) -> tuple[str, str]:
     if source == "embed":
         return "embed_image", "embed_text"
     return f"{sidecar_path(source)}:image_emb", f"{sidecar_path(source)}:text_emb"
+
+
+def vector_specs(embeddings: str, modality: str) -> tuple[str, ...]:
+    """The column specs a modality's vector is made from: image, text, or both (concat)."""
+    image, text = embedding_columns(embeddings)
+    return {"image": (image,), "text": (text,), "concat": (image, text)}[modality]
+
+
+def vector_names(embeddings: str, modality: str) -> list[str]:
+    """The column names ``apply`` sees for ``vector_specs``."""
+    return [spec.rpartition(":")[2] for spec in vector_specs(embeddings, modality)]
+
+
+def source_key(source: str) -> str:
+    """Where the engines file a source's manifest: the stage name, or "pool:<sidecar dir>"."""
+    return source if source == "embed" else f"pool:{sidecar_path(source)}"
+
+
+def check_model(stage: str, source: str, model: str | None, manifests: dict[str, dict]) -> None:
+    """Refuse embeddings made by another model than the recipe names (``model``; None: no check).
+    An imported sidecar's manifest has ``model``; the embed stage's has it at the top level too."""
+    if model is None:
+        return
+    manifest = manifests.get(source_key(source)) or {}
+    recorded = embedding_model(manifest)
+    if recorded is None:
+        raise RecipeError(f"{stage}: the recipe names model {model!r}, but the {source!r} embeddings' manifest "
+                          f"records no model; drop {stage}.model or recompute the embeddings")
+    if recorded != model:
+        raise RecipeError(f"{stage}: the recipe names model {model!r}, but the {source!r} embeddings were made "
+                          f"by {recorded!r} (pretrained {manifest.get('pretrained')!r}); use embeddings of {model!r}")
 
 
 def as_fixed_size(column: pa.Array) -> pa.Array:

@@ -25,11 +25,8 @@ first position only (later copies keep their ids, with count 0). Both are logged
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 from itertools import repeat
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -40,37 +37,6 @@ log = logging.getLogger(__name__)
 PUNCTUATION_PATTERN = r"([,.;:?!`])"
 CHUNK_ROWS = 65536  # rows matched per vectorised pass: big enough to dedupe tokens, small for cache
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def load_metadata(path: str | Path) -> list[str]:
-    """Entries from a JSON list of strings (.json, .json.gz) or a text file with one per line.
-
-    In a text file the lines are split on "\\n" and a trailing "\\r" (CRLF files) is removed;
-    a final newline does not add an entry. Nothing else is stripped: ids are positions.
-    """
-    path = Path(path)
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: metadata is not UTF-8 (byte {error.start}: {raw[error.start:error.start + 8]!r})") from None
-    if path.name.endswith((".json", ".json.gz")):
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not a JSON list of strings ({error})") from None
-        if not isinstance(entries, list):
-            raise ValueError(f"{path}: expected a JSON list of strings, got {type(entries).__name__}")
-        bad = next((i for i, e in enumerate(entries) if not isinstance(e, str)), None)
-        if bad is not None:
-            raise ValueError(f"{path}: entry {bad} is {entries[bad]!r}, not a string")
-        return entries
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def spaced(texts: pa.Array) -> pa.Array:

@@ -26,6 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.errors import RowError
+
 Check = tuple[str, np.ndarray]
 
 
@@ -83,3 +85,21 @@ def decide(checks: list[Check], rows: int) -> tuple[pa.Array, pa.Array]:
     for _, mask in checks:
         failed |= np.asarray(mask, dtype=bool)
     return pa.array(~failed, pa.bool_()), pa.array(first_failing(checks, rows), pa.string())
+
+
+def float_values(column: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
+    """A numeric column as float64 (null -> NaN). A string column whose values all parse as numbers
+    is read too; the first value that does not is a ``RowError`` naming its row and the value."""
+    if pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_null(column.type):
+        return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise RowError(f"column {name!r} has type {column.type}; expected numbers")
+    try:
+        return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    except pa.ArrowInvalid:
+        for row, value in enumerate(column.to_pylist()):
+            try:
+                float(value) if value is not None else None
+            except ValueError:
+                raise RowError(f"column {name!r} holds {value!r}, not a number", row=row) from None
+        raise

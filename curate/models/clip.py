@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -32,17 +31,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from curate.contract import RecipeError
+from curate.errors import ModelError
+from curate.fingerprint import file_sha256
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"
 SCHEMAS = ("hf-hub:", "local-dir:")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-
-
-class ModelError(RecipeError):
-    """An unknown model name, a missing checkpoint, or a file that is not a checkpoint."""
 
 
 def openmp_env(environ: dict[str, str]) -> dict[str, str]:
@@ -202,20 +198,6 @@ def describe_spec(spec: ModelSpec, pretrained: str | None, net: Any, tokenizer: 
         "tokenizer": type(tokenizer).__name__,
         "libraries": {name: metadata.version(name) for name in ("open_clip_torch", "torch")},
     }
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str) -> str:
-    stat = Path(path).stat()
-    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def resolve_device(device: str) -> str:

@@ -15,22 +15,23 @@ Spark, which reads a stage directory whole, skips them):
 - with a concept list (e.g. ImageNet class names, one per line or a JSON list), how many
   pool texts and subset texts match each concept under the same rule.
 
-    curate metaclip-report OUT [--pool POOL] [--concepts FILE]   (or python -m curate.reports.concepts)
+    curate metaclip-report OUT [--pool POOL] [--concepts FILE]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.kernels.metaclip_match import Matcher, load_metadata
+from curate.kernels.metaclip_match import Matcher
+from curate.resources import load_metadata
 from curate.runio import atomic_write_json, atomic_write_table, read_json, read_manifest
 
 log = logging.getLogger(__name__)
@@ -42,16 +43,35 @@ def _parts(directory: Path) -> list[Path]:
     return sorted(directory.glob("part-*.parquet"))
 
 
-def _bincount(paths: list[Path], size: int, keep_column: str | None) -> np.ndarray:
+def _add(counts: np.ndarray, lists: pa.Array) -> None:
+    ids = lists.flatten().to_numpy()
+    if ids.size:
+        counts += np.bincount(ids, minlength=len(counts))[:len(counts)]
+
+
+def _bincount(paths: list[Path], size: int) -> np.ndarray:
+    """Entry counts over the ``metaclip_entries`` of these parquet files."""
     counts = np.zeros(size, dtype=np.int64)
     for path in paths:
-        columns = ["metaclip_entries"] + ([keep_column] if keep_column else [])
-        table = pq.read_table(path, columns=columns)
-        lists = table.column("metaclip_entries").combine_chunks()
-        if keep_column:
-            lists = lists.filter(table.column(keep_column).combine_chunks().fill_null(False))
-        ids = lists.flatten().to_numpy()
-        counts += np.bincount(ids, minlength=size)[:size] if ids.size else 0
+        _add(counts, pq.read_table(path, columns=["metaclip_entries"]).column("metaclip_entries").combine_chunks())
+    return counts
+
+
+def balanced_counts(out_dir: Path, size: int) -> np.ndarray:
+    """Entry counts among the texts MetaCLIP keeps: the matches (metaclip_match) of the rows with
+    ``metaclip_keep``. Row-aligned parts (local engine) are read pair by pair; otherwise joined by uid."""
+    counts = np.zeros(size, dtype=np.int64)
+    matches, decisions = _parts(out_dir / "metaclip_match"), _parts(out_dir / "metaclip")
+    aligned = all((read_manifest(out_dir / name) or {}).get("layout") == "pool-shards" for name in ("metaclip_match", "metaclip"))
+    if aligned and len(matches) == len(decisions):
+        for match_path, keep_path in zip(matches, decisions):
+            keep = pq.read_table(keep_path, columns=["metaclip_keep"]).column("metaclip_keep").combine_chunks()
+            lists = pq.read_table(match_path, columns=["metaclip_entries"]).column("metaclip_entries").combine_chunks()
+            _add(counts, lists.filter(keep.fill_null(False)))
+        return counts
+    kept = pl.scan_parquet([str(p) for p in decisions]).filter(pl.col("metaclip_keep")).select("uid")
+    joined = pl.scan_parquet([str(p) for p in matches]).join(kept, on="uid").select("metaclip_entries").collect()
+    _add(counts, joined.to_arrow().column("metaclip_entries").combine_chunks())
     return counts
 
 
@@ -59,10 +79,10 @@ def entry_counts(out_dir: Path) -> pa.Table:
     """Per entry: counts in the pool, after balancing, and in the subset (null without one)."""
     artifact = pq.read_table(out_dir / "metaclip" / "_artifact.parquet")
     size = artifact.num_rows
-    balanced = _bincount(_parts(out_dir / "metaclip"), size, "metaclip_keep")
+    balanced = balanced_counts(out_dir, size)
     subset_parts = _parts(out_dir / "subset")
     has_subset = bool(subset_parts) and "metaclip_entries" in pq.read_schema(subset_parts[0]).names
-    subset = pa.array(_bincount(subset_parts, size, None)) if has_subset else pa.nulls(size, pa.int64())
+    subset = pa.array(_bincount(subset_parts, size)) if has_subset else pa.nulls(size, pa.int64())
     return pa.table({"entry_id": artifact.column("entry_id"), "entry": artifact.column("entry"),
                      "count_pool": artifact.column("count"), "count_balanced": balanced,
                      "count_subset": subset, "p": artifact.column("p")})
@@ -164,17 +184,6 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
             f"tail mass {info['tail_mass_pool']} -> {info['tail_mass_balanced']}; head: {top}"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m curate.reports.concepts", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--pool", type=Path, default=None, help="pool directory (default: from OUT/_run.json)")
-    parser.add_argument("--concepts", type=Path, default=None, help="concept list: one per line or a JSON list")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run_report(args.run_dir, args.pool, args.concepts)
-
-
 def run_report(run_dir: Path, pool: Path | None = None, concepts: Path | None = None) -> int:
     """`curate metaclip-report`: write the report files, update OUT/report.json, print a summary."""
     run_file = run_dir / "_run.json"
@@ -189,6 +198,3 @@ def run_report(run_dir: Path, pool: Path | None = None, concepts: Path | None = 
         print(json.dumps(info["concepts"]["counts"][:HEAD], indent=1))
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+from curate.errors import PoolError
 from curate.pool import list_shards, shard_columns
 from curate.reports.summary import decisions
 from curate.runio import read_json
@@ -55,7 +56,7 @@ def write_html_report(run_dir: Path, pool_dir: Path | None = None) -> Path:
     report = read_json(run_dir / "report.json")
     pool_dir = Path(pool_dir or read_json(run_dir / "_run.json")["pool"])
     if not pool_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: the run's pool {pool_dir} is not a directory (pass --pool)")
+        raise PoolError(f"{run_dir}: the run's pool {pool_dir} is not a directory (pass --pool)")
     stage_names = list(report["stages"])
     table = decisions(pool_dir, run_dir, stage_names)
     sections = [_header(report, run_dir), _funnel(report, table, stage_names), _scores(report, run_dir, pool_dir),

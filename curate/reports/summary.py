@@ -53,13 +53,14 @@ def _first_part(stage_dir: Path) -> Path:
     return next(iter(sorted(stage_dir.glob("part-*.parquet"))))
 
 
-def build_report(pool_dir: Path, out_dir: Path, recipe: dict[str, Any], engine: str) -> dict[str, Any]:
+def build_report(pool_dir: Path, out_dir: Path, recipe: dict[str, Any], engine: str,
+                 seconds: float | None = None) -> dict[str, Any]:
     stage_names = list(recipe["stages"])
     table = decisions(pool_dir, out_dir, stage_names)
     removed_any = [pl.col(f"{n}_keep").fill_null(False).not_() for n in stage_names if f"{n}_keep" in table.columns]
     report: dict[str, Any] = {
         "recipe": recipe, "engine": engine, "pool": str(pool_dir), "rows_in": table.height,
-        "rows_out": int(table["selected"].sum()), "select": recipe["select"], "stages": {},
+        "rows_out": int(table["selected"].sum()), "select": recipe["select"], "stages": {}, "seconds": seconds,
     }
     if "status" in table.columns:
         report["download_status"] = _value_counts(table, "status")

@@ -1,14 +1,17 @@
-"""The stage list: stage name -> module that defines ``STAGE``.
+"""The stages that ship with curate: stage name -> the module that defines ``STAGE``.
 
-An explicit table rather than registration by import side effect; a stage module is
-imported only when a recipe or command names it (so heavy dependencies load on demand).
+An explicit table rather than registration by import side effect; a stage module is imported
+only when a recipe or command names it (so heavy dependencies load on demand). Engines never use
+this table: they are handed ``Stage`` values. Stages do not import each other; what two stages
+share is a kernel (curate.kernels).
 """
 
 from __future__ import annotations
 
 import importlib
 
-from curate.contract import RecipeError, Stage
+from curate.contract import Stage
+from curate.errors import RecipeError
 
 STAGE_MODULES = {
     "basic": "curate.stages.basic",
@@ -18,6 +21,7 @@ STAGE_MODULES = {
     "score": "curate.stages.score",
     "text_based": "curate.stages.text_based",
     "image_based": "curate.stages.image_based",
+    "metaclip_match": "curate.stages.metaclip_match",
     "metaclip": "curate.stages.metaclip",
     "cluster": "curate.stages.cluster",
     "semdedup": "curate.stages.semdedup",

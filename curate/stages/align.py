@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.kernels.rules import decide, is_null, size_checks, text_keys, word_counts
-from curate.contract import Fit, Stage
+from curate.contract import Fit, Pass, Stage
 
 COUNT_SCHEMA = pa.schema([("text_key", pa.int64()), ("n_texts", pa.int64())])
 
@@ -86,12 +86,16 @@ def apply(table: pa.Table, cfg: AlignConfig, artifact: pa.Table | None) -> pa.Ta
     return pa.table({"align_keep": keep, "align_reason": reason})
 
 
+def reads(cfg: AlignConfig) -> tuple[str, ...]:
+    return ("text", "original_width", "original_height")
+
+
 STAGE = Stage(
     name="align",
     config=AlignConfig,
-    reads=lambda cfg: ("text", "original_width", "original_height"),
+    reads=reads,
     adds=pa.schema([("align_keep", pa.bool_()), ("align_reason", pa.string())]),
     apply=apply,
-    fit=Fit(partial=text_counts, keys=("text_key",), finalize=shared_texts, having=having),
+    fit=Fit(passes=(Pass("caption_counts", COUNT_SCHEMA, ("text_key",), text_counts, shared_texts, having),)),
     summary="ALIGN noisy-text filters: min side >= 200, aspect <= 3, alt-text on <= 10 images, 3..20 unigrams",
 )

@@ -58,10 +58,14 @@ def apply(table: pa.Table, cfg: BasicConfig, artifact: pa.Table | None) -> pa.Ta
     return pa.table({"basic_keep": keep, "basic_reason": reason, "basic_lang": pa.array(languages, pa.string())})
 
 
+def reads(cfg: BasicConfig) -> tuple[str, ...]:
+    return ("text", "original_width", "original_height")
+
+
 STAGE = Stage(
     name="basic",
     config=BasicConfig,
-    reads=lambda cfg: ("text", "original_width", "original_height"),
+    reads=reads,
     adds=pa.schema([("basic_keep", pa.bool_()), ("basic_reason", pa.string()), ("basic_lang", pa.string())]),
     apply=apply,
     summary="DataComp basic filtering: fastText English, > 2 words, > 5 chars, min side >= 200, aspect <= 3",

@@ -29,14 +29,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from curate.contract import Fit, Pass, Stage
+from curate.errors import RecipeError
 from curate.kernels import kmeans
-from curate.kernels.embeddings import decode, embedding_columns
-from curate.contract import Fit, RecipeError, Stage
+from curate.kernels.embeddings import MODALITIES, vector_names, vector_specs
+from curate.kernels.vectors import unit_vectors
 
-MODALITIES = ("image", "text", "concat")
-SAMPLE_SCHEMA = pa.schema([("uid", pa.string()), ("vector", pa.binary()), ("rows", pa.int64())])
+COUNT_SCHEMA = pa.schema([("rows", pa.int64())])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,85 +57,71 @@ class ClusterConfig:
             raise RecipeError("cluster: clusters, iterations and max_points_per_centroid must be >= 1")
 
 
-def vector_specs(embeddings: str, modality: str) -> tuple[str, ...]:
-    """The column specs the embedding of a modality is made from."""
-    image, text = embedding_columns(embeddings)
-    return {"image": (image,), "text": (text,), "concat": (image, text)}[modality]
+def unit_rows(table: pa.Table, cfg: ClusterConfig) -> tuple[np.ndarray, np.ndarray]:
+    return unit_vectors([table.column(name) for name in vector_names(cfg.embeddings, cfg.modality)])
 
 
-def vector_names(embeddings: str, modality: str) -> list[str]:
-    return [spec.rpartition(":")[2] for spec in vector_specs(embeddings, modality)]
+def count_usable(table: pa.Table, cfg: ClusterConfig, previous: None) -> pa.Table:
+    """Pass ``count``: rows with a usable embedding."""
+    usable = unit_rows(table, cfg)[1] == None if table.num_rows else np.zeros(0, bool)  # noqa: E711
+    return pa.table({"rows": [int(usable.sum())]}, schema=COUNT_SCHEMA)
 
 
-def unit_rows(table: pa.Table, embeddings: str, modality: str) -> tuple[np.ndarray, np.ndarray]:
-    return kmeans.unit_vectors([table.column(name) for name in vector_names(embeddings, modality)])
+def usable_rows(merged: pa.Table, cfg: ClusterConfig, previous: None) -> pa.Table:
+    return pa.table({"usable_rows": [int(merged.column("rows")[0].as_py() or 0) if merged.num_rows else 0]})
 
 
-def sample_partial(table: pa.Table, cfg, previous: pa.Table | None, stage: str) -> pa.Table:
-    """Pass 1 (previous None): the usable-row count as one row of null keys. Pass 2: the sample."""
-    names = vector_names(cfg.embeddings, cfg.modality)
-    _, reason = unit_rows(table, cfg.embeddings, cfg.modality) if table.num_rows else (None, np.empty(0, object))
-    usable = reason == None  # noqa: E711
-    if previous is None:
-        return pa.table({"uid": [None], "vector": [None], "rows": [int(usable.sum())]}, schema=SAMPLE_SCHEMA)
+def sample_partial(table: pa.Table, cfg: ClusterConfig, previous: pa.Table) -> pa.Table:
+    """Pass ``sample``: the usable rows whose uid-hashed uniform is below k * max_points / n."""
+    if table.num_rows == 0:
+        return kmeans.SAMPLE_SCHEMA.empty_table()
+    usable = unit_rows(table, cfg)[1] == None  # noqa: E711
     rate = kmeans.sample_rate(cfg.clusters, cfg.max_points_per_centroid, previous.column("usable_rows")[0].as_py())
-    chosen = usable & kmeans.in_sample(table.column("uid"), rate, cfg.seed, stage) if table.num_rows else usable
-    rows = table.filter(pa.array(chosen, pa.bool_()))
-    raw = [rows.column(n).combine_chunks().cast(pa.binary()) for n in names]
-    vector = raw[0] if len(raw) == 1 else pc.binary_join_element_wise(*raw, b"")
-    return pa.table({"uid": rows.column("uid"), "vector": vector, "rows": np.ones(rows.num_rows, dtype=np.int64)},
-                    schema=SAMPLE_SCHEMA)
+    chosen = usable & kmeans.in_sample(table.column("uid"), rate, cfg.seed, "cluster")
+    return kmeans.sample_table(table.filter(pa.array(chosen, pa.bool_())), vector_names(cfg.embeddings, cfg.modality))
 
 
-def train_centroids(merged: pa.Table, cfg, previous: pa.Table | None, stage: str) -> tuple[np.ndarray, int]:
-    """Finalize: pass 1 -> (None, n); pass 2 -> (centroids of the uid-sorted sample, n)."""
-    if previous is None:
-        counts = merged.filter(merged.column("uid").is_null()).column("rows").to_pylist()
-        return None, int(sum(counts))
-    sample = merged.filter(merged.column("uid").is_valid()).sort_by("uid")
-    raw = decode(sample.column("vector"))
-    vectors = kmeans.normalise(np.split(raw, len(vector_names(cfg.embeddings, cfg.modality)), axis=1))
-    centroids = kmeans.train(vectors, cfg.clusters, iterations=cfg.iterations, seed=cfg.seed,
-                             max_points_per_centroid=cfg.max_points_per_centroid, stage=stage)
-    return centroids, previous.column("usable_rows")[0].as_py()
-
-
-def finalize(merged: pa.Table, cfg: ClusterConfig, previous: pa.Table | None) -> pa.Table:
-    centroids, usable_rows = train_centroids(merged, cfg, previous, "cluster")
-    if centroids is None:
-        return pa.table({"usable_rows": [usable_rows]})
+def train_centroids(merged: pa.Table, cfg: ClusterConfig, previous: pa.Table) -> pa.Table:
+    """Finalize ``sample``: spherical k-means of the uid-sorted sample; the centroids are the artifact."""
+    vectors = kmeans.sample_vectors(merged, len(vector_names(cfg.embeddings, cfg.modality)))
+    centroids = kmeans.fit_clusters(vectors, cfg.clusters, iterations=cfg.iterations, seed=cfg.seed,
+                                    max_points_per_centroid=cfg.max_points_per_centroid, stage="cluster")
     return pa.table({"centroid_id": pa.array(np.arange(len(centroids)), pa.int32()),
                      "centroid": kmeans.centroid_column(centroids),
-                     "usable_rows": pa.array(np.full(len(centroids), usable_rows), pa.int64())})
+                     "usable_rows": pa.array(np.full(len(centroids), previous.column("usable_rows")[0].as_py()),
+                                             pa.int64())})
 
 
-def assign_rows(table: pa.Table, embeddings: str, modality: str, centroids: np.ndarray):
+def assign_rows(table: pa.Table, cfg: ClusterConfig, centroids: np.ndarray):
     """(ids int32 array with nulls, sims float32 array with nulls, reasons) for a batch."""
-    vectors, reason = unit_rows(table, embeddings, modality)
+    vectors, reason = unit_rows(table, cfg)
     usable = reason == None  # noqa: E711
     if usable.any() and vectors.shape[1] != centroids.shape[1]:
-        raise ValueError(f"embeddings of dimension {vectors.shape[1]}, centroids of {centroids.shape[1]}")
+        raise RecipeError(f"cluster: embeddings of dimension {vectors.shape[1]}, centroids of {centroids.shape[1]}")
     ids = np.zeros(table.num_rows, dtype=np.int32)
     sims = np.zeros(table.num_rows, dtype=np.float32)
     ids[usable], sims[usable] = kmeans.assign(vectors[usable], centroids)
-    return (pa.array(ids, pa.int32(), mask=~usable), pa.array(sims, pa.float32(), mask=~usable),
-            pa.array(reason, pa.string()), vectors)
+    return pa.array(ids, pa.int32(), mask=~usable), pa.array(sims, pa.float32(), mask=~usable), pa.array(reason, pa.string())
 
 
 def apply(table: pa.Table, cfg: ClusterConfig, artifact: pa.Table | None) -> pa.Table:
     if artifact is None:
         raise RuntimeError("cluster: the centroids were not fitted; run the stage through an engine")
-    ids, sims, reason, _ = assign_rows(table, cfg.embeddings, cfg.modality, kmeans.centroid_matrix(artifact))
+    ids, sims, reason = assign_rows(table, cfg, kmeans.centroid_matrix(artifact))
     return pa.table({"cluster_id": ids, "cluster_sim": sims, "cluster_reason": reason})
+
+
+def reads(cfg: ClusterConfig) -> tuple[str, ...]:
+    return ("uid", *vector_specs(cfg.embeddings, cfg.modality))
 
 
 STAGE = Stage(
     name="cluster",
     config=ClusterConfig,
-    reads=lambda cfg: ("uid", *vector_specs(cfg.embeddings, cfg.modality)),
+    reads=reads,
     adds=pa.schema([("cluster_id", pa.int32()), ("cluster_sim", pa.float32()), ("cluster_reason", pa.string())]),
     apply=apply,
-    fit=Fit(partial=lambda table, cfg, previous: sample_partial(table, cfg, previous, "cluster"),
-            keys=("uid", "vector"), finalize=finalize, passes=2),
+    fit=Fit(passes=(Pass("count", COUNT_SCHEMA, (), count_usable, usable_rows),
+                    Pass("sample", kmeans.SAMPLE_SCHEMA, ("uid", "vector"), sample_partial, train_centroids))),
     summary="SemDeDup step 1: spherical k-means (faiss) of L2-normalised embeddings; cluster_id, cluster_sim",
 )

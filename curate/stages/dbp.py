@@ -33,16 +33,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.contract import Fit, Pass, Stage
+from curate.errors import RecipeError
 from curate.kernels import kmeans
-from curate.stages.cluster import MODALITIES, unit_rows, vector_names, vector_specs
-from curate.kernels.embeddings import decode
-from curate.contract import Fit, RecipeError, Stage
+from curate.kernels.embeddings import MODALITIES, vector_names, vector_specs
+from curate.kernels.vectors import unit_vectors
 
 log = logging.getLogger(__name__)
 
 FIXED_POINT = float(2 ** 30)
-PARTIAL_SCHEMA = pa.schema([("uid", pa.string()), ("vector", pa.binary()), ("cluster", pa.int32()),
-                            ("rows", pa.int64()), ("distance", pa.int64())])
+COUNT_SCHEMA = pa.schema([("rows", pa.int64())])
+SUMS_SCHEMA = pa.schema([("cluster", pa.int32()), ("rows", pa.int64()), ("distance", pa.int64())])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,48 +70,57 @@ class DbpConfig:
 
 def candidates(table: pa.Table, cfg: DbpConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(unit rows, reasons, rows SemDeDup kept that have a usable embedding)."""
-    vectors, reason = unit_rows(table, cfg.embeddings, cfg.modality)
+    vectors, reason = unit_vectors([table.column(name) for name in vector_names(cfg.embeddings, cfg.modality)])
     kept = pc.fill_null(table.column("semdedup_keep"), False).to_numpy(zero_copy_only=False)
     return vectors, reason, np.asarray(kept, dtype=bool) & (reason == None)  # noqa: E711
 
 
-def partial(table: pa.Table, cfg: DbpConfig, previous: pa.Table | None) -> pa.Table:
-    """Pass 1: candidate count; pass 2: the uid-hashed sample; pass 3: per-cluster sums."""
+def count_candidates(table: pa.Table, cfg: DbpConfig, previous: None) -> pa.Table:
+    """Pass ``count``: the deduplicated rows with a usable embedding."""
+    return pa.table({"rows": [int(candidates(table, cfg)[2].sum()) if table.num_rows else 0]}, schema=COUNT_SCHEMA)
+
+
+def candidate_total(merged: pa.Table, cfg: DbpConfig, previous: None) -> pa.Table:
+    return pa.table({"usable_rows": [int(merged.column("rows")[0].as_py() or 0) if merged.num_rows else 0]})
+
+
+def sample_partial(table: pa.Table, cfg: DbpConfig, previous: pa.Table) -> pa.Table:
+    """Pass ``sample``: the candidates whose uid-hashed uniform is below k * max_points / n."""
     if table.num_rows == 0:
-        return PARTIAL_SCHEMA.empty_table()
+        return kmeans.SAMPLE_SCHEMA.empty_table()
+    _, _, chosen = candidates(table, cfg)
+    rate = kmeans.sample_rate(cfg.clusters, cfg.max_points_per_centroid, previous.column("usable_rows")[0].as_py())
+    rows = table.filter(pa.array(chosen & kmeans.in_sample(table.column("uid"), rate, cfg.seed, "dbp")))
+    return kmeans.sample_table(rows, vector_names(cfg.embeddings, cfg.modality))
+
+
+def train_centroids(merged: pa.Table, cfg: DbpConfig, previous: pa.Table) -> pa.Table:
+    vectors = kmeans.sample_vectors(merged, len(vector_names(cfg.embeddings, cfg.modality)))
+    centroids = kmeans.fit_clusters(vectors, cfg.clusters, iterations=cfg.iterations, seed=cfg.seed,
+                                    max_points_per_centroid=cfg.max_points_per_centroid, stage="dbp")
+    total = previous.column("usable_rows")[0].as_py()
+    return pa.table({"centroid_id": pa.array(np.arange(len(centroids)), pa.int32()),
+                     "centroid": kmeans.centroid_column(centroids), "usable_rows": np.full(len(centroids), total)})
+
+
+def distance_sums(table: pa.Table, cfg: DbpConfig, previous: pa.Table) -> pa.Table:
+    """Pass ``distances``: per cluster, members and the fixed-point sum of cosine distances."""
+    if table.num_rows == 0:
+        return SUMS_SCHEMA.empty_table()
     vectors, _, chosen = candidates(table, cfg)
-    if previous is None:
-        return pa.table({"uid": [None], "vector": [None], "cluster": [None], "rows": [int(chosen.sum())],
-                         "distance": [0]}, schema=PARTIAL_SCHEMA)
-    if "centroid" not in previous.column_names:
-        rate = kmeans.sample_rate(cfg.clusters, cfg.max_points_per_centroid, previous.column("usable_rows")[0].as_py())
-        rows = table.filter(pa.array(chosen & kmeans.in_sample(table.column("uid"), rate, cfg.seed, "dbp")))
-        raw = [rows.column(n).combine_chunks().cast(pa.binary()) for n in vector_names(cfg.embeddings, cfg.modality)]
-        return pa.table({"uid": rows.column("uid"), "vector": raw[0] if len(raw) == 1 else pc.binary_join_element_wise(*raw, b""),
-                         "cluster": pa.nulls(rows.num_rows, pa.int32()), "rows": np.ones(rows.num_rows, np.int64),
-                         "distance": np.zeros(rows.num_rows, np.int64)}, schema=PARTIAL_SCHEMA)
     ids, sims = kmeans.assign(vectors[chosen], kmeans.centroid_matrix(previous))
     fixed = np.rint((1.0 - sims.astype(np.float64)) * FIXED_POINT).astype(np.int64)
     count = previous.num_rows
     sums = np.zeros(count, dtype=np.int64)
     np.add.at(sums, ids, fixed)
-    return pa.table({"uid": pa.nulls(count, pa.string()), "vector": pa.nulls(count, pa.binary()),
-                     "cluster": np.arange(count, dtype=np.int32), "rows": np.bincount(ids, minlength=count).astype(np.int64),
-                     "distance": sums}, schema=PARTIAL_SCHEMA)
+    return pa.table({"cluster": np.arange(count, dtype=np.int32), "rows": np.bincount(ids, minlength=count).astype(np.int64),
+                     "distance": sums}, schema=SUMS_SCHEMA)
 
 
-def finalize(merged: pa.Table, cfg: DbpConfig, previous: pa.Table | None) -> pa.Table:
-    if previous is None:
-        return pa.table({"usable_rows": [int(sum(merged.filter(merged.column("uid").is_null()).column("rows").to_pylist()))]})
+def cluster_quotas(merged: pa.Table, cfg: DbpConfig, previous: pa.Table) -> pa.Table:
+    """Finalize ``distances``: the per-cluster table with complexities and quotas."""
     total = previous.column("usable_rows")[0].as_py()
-    if "centroid" not in previous.column_names:
-        sample = merged.filter(merged.column("uid").is_valid()).sort_by("uid")
-        parts = np.split(decode(sample.column("vector")), len(vector_names(cfg.embeddings, cfg.modality)), axis=1)
-        centroids = kmeans.train(kmeans.normalise(parts), cfg.clusters, iterations=cfg.iterations, seed=cfg.seed,
-                                 max_points_per_centroid=cfg.max_points_per_centroid, stage="dbp")
-        return pa.table({"centroid_id": pa.array(np.arange(len(centroids)), pa.int32()),
-                         "centroid": kmeans.centroid_column(centroids), "usable_rows": np.full(len(centroids), total)})
-    per_cluster = merged.filter(merged.column("cluster").is_valid()).sort_by("cluster")
+    per_cluster = merged.sort_by("cluster")
     sizes = np.zeros(previous.num_rows, dtype=np.int64)
     distance = np.zeros(previous.num_rows, dtype=np.int64)
     index = per_cluster.column("cluster").to_numpy()
@@ -197,14 +207,20 @@ def apply(table: pa.Table, cfg: DbpConfig, artifact: pa.Table | None) -> pa.Tabl
                      "dbp_keep": keep, "dbp_reason": pa.array(reason, pa.string())})
 
 
+def reads(cfg: DbpConfig) -> tuple[str, ...]:
+    return ("uid", "semdedup_keep", *vector_specs(cfg.embeddings, cfg.modality))
+
+
 STAGE = Stage(
     name="dbp",
     config=DbpConfig,
-    reads=lambda cfg: ("uid", "semdedup_keep", *vector_specs(cfg.embeddings, cfg.modality)),
+    reads=reads,
     adds=pa.schema([("dbp_cluster_id", pa.int32()), ("dbp_cluster_sim", pa.float32()), ("dbp_keep", pa.bool_()),
                     ("dbp_reason", pa.string())]),
     apply=apply,
-    fit=Fit(partial=partial, keys=("uid", "vector", "cluster"), finalize=finalize, passes=3),
+    fit=Fit(passes=(Pass("count", COUNT_SCHEMA, (), count_candidates, candidate_total),
+                    Pass("sample", kmeans.SAMPLE_SCHEMA, ("uid", "vector"), sample_partial, train_centroids),
+                    Pass("distances", SUMS_SCHEMA, ("cluster",), distance_sums, cluster_quotas))),
     summary="DBP: re-cluster the deduplicated rows; keep per-cluster quotas by complexity, farthest members first",
     group_by=group_key,
     artifact_name="clusters.parquet",

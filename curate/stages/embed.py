@@ -28,7 +28,6 @@ The model, its weights, dimension and preprocessing are recorded in OUT/embed/_m
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import warnings
@@ -40,9 +39,12 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from curate.models import clip as models
+from curate.contract import Stage
+from curate.errors import RecipeError
 from curate.kernels.embeddings import encode
-from curate.contract import RecipeError, Stage
+from curate.kernels.images import MAX_PIXELS, MIN_SIDE, open_image
+from curate.kernels.vectors import normalise_model_output
+from curate.models import clip as models
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,8 @@ class EmbedConfig:
     processes: int = 1                 # local-engine processes, each with its own model copy
     threads: int = 0                   # torch threads per process; 0: OMP_NUM_THREADS, else cores / processes
     decode_threads: int = 0            # image decoding threads per process; 0: as many as torch threads
-    max_pixels: int = 50_000_000       # larger images (by their header) are not decoded
-    min_side: int = 8                  # smaller images carry no usable content
+    max_pixels: int = MAX_PIXELS       # larger images (by their header) are not decoded
+    min_side: int = MIN_SIDE           # smaller images carry no usable content
     max_text_chars: int = 20_000       # captions are cut here before tokenizing (context is ~77 tokens)
 
     def __post_init__(self):
@@ -85,27 +87,6 @@ def torch_threads(cfg: EmbedConfig) -> int:
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     return max(1, (os.cpu_count() or 1) // cfg.processes)
-
-
-def open_image(data: bytes | None, cfg: EmbedConfig) -> tuple[Any, str | None]:
-    """Decode image bytes to a PIL image, checking the header's size before any pixel is decoded."""
-    from PIL import Image
-
-    if data is None:
-        return None, "no_image"
-    try:
-        image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if width * height > cfg.max_pixels:
-            return None, "too_many_pixels"
-        if min(width, height) < cfg.min_side:
-            return None, "tiny_image"
-        image.load()
-    except Image.DecompressionBombError:  # PIL's own limit, when max_pixels is set above it
-        return None, "too_many_pixels"
-    except Exception:  # PIL raises OSError, SyntaxError, ValueError, struct.error ... on bad bytes
-        return None, "decode_error"
-    return image, None
 
 
 def pixel_transform(preprocess: Any) -> Any:
@@ -133,7 +114,7 @@ def pixel_transform(preprocess: Any) -> Any:
 
 def prepare_image(data: bytes | None, preprocess: Any, cfg: EmbedConfig) -> tuple[Any, str | None]:
     """Bytes -> the model's input tensor, or None and the reason."""
-    image, reason = open_image(data, cfg)
+    image, reason = open_image(data, cfg.max_pixels, cfg.min_side)
     if image is None:
         return None, reason
     try:
@@ -171,16 +152,6 @@ def autocast(device: str, precision: str):
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.split(":")[0], dtype=dtype)
 
 
-def normalise(features: np.ndarray) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
-    """L2-normalise rows in float32; rows with NaN/Inf or zero norm are flagged, left as they are."""
-    features = features.astype(np.float32)
-    finite = np.isfinite(features).all(axis=1)
-    norms = np.sqrt((np.where(finite[:, None], features, 0) ** 2).sum(axis=1))
-    usable = finite & (norms > 0)
-    features[usable] /= norms[usable, None]
-    return features, [("non_finite", ~finite), ("zero_norm", finite & (norms == 0))]
-
-
 def run_tower(encode_fn, inputs: list, blank: Any, loaded: models.LoadedModel, cfg: EmbedConfig) -> np.ndarray:
     """One padded forward pass: exactly batch_size rows, whatever the real count."""
     import torch
@@ -202,14 +173,14 @@ def embed_batch(pending: PendingBatch, loaded: models.LoadedModel, cfg: EmbedCon
     out["image_reason"][span] = [reason for _, reason in prepared]
     template = next((p for p in pixels if p is not None), None)
     if template is not None:
-        features, problems = normalise(run_tower(loaded.model.encode_image, pixels, torch.zeros_like(template), loaded, cfg))
+        features, problems = normalise_model_output(run_tower(loaded.model.encode_image, pixels, torch.zeros_like(template), loaded, cfg))
         out["image"][span] = features
         record(out["image_reason"], span, problems, np.array([p is not None for p in pixels]))
     tokens = pending.tokens.result()
     out["text_reason"][span] = np.where(pending.has_text, None, "no_text")
     if pending.has_text.any():
         rows = [tokens[i] for i in range(pending.size)]
-        features, problems = normalise(run_tower(loaded.model.encode_text, rows, torch.zeros_like(tokens[0]), loaded, cfg))
+        features, problems = normalise_model_output(run_tower(loaded.model.encode_text, rows, torch.zeros_like(tokens[0]), loaded, cfg))
         out["text"][span] = features
         record(out["text_reason"], span, problems, pending.has_text)
 
@@ -257,13 +228,22 @@ def describe(cfg: EmbedConfig) -> dict[str, Any]:
     return models.load_model(cfg.model, cfg.pretrained, models.resolve_device(cfg.device)).description
 
 
+def reads(cfg: EmbedConfig) -> tuple[str, ...]:
+    return (cfg.image_column, cfg.text_column)
+
+
+def max_workers(cfg: EmbedConfig) -> int:
+    """One process per model copy: torch threads use the cores (``processes`` > 1 for several GPUs)."""
+    return cfg.processes
+
+
 STAGE = Stage(
     name="embed",
     config=EmbedConfig,
-    reads=lambda cfg: (cfg.image_column, cfg.text_column),
+    reads=reads,
     adds=pa.schema([("embed_image", pa.binary()), ("embed_text", pa.binary()), ("embed_reason", pa.string())]),
     apply=apply,
     summary="open_clip image and text embeddings (float16, L2-normalised) with a reason where there is none",
     describe=describe,
-    max_workers=lambda cfg: cfg.processes,
+    max_workers=max_workers,
 )

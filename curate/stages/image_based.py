@@ -33,8 +33,9 @@ not_english, few_tokens, too_short, no_embedding, non_finite, zero_norm, not_tar
 Decisions where DataComp's code leaves room: NaN/Inf or all-zero image embeddings are never
 selected (its argmax would put them in cluster 0); a null caption is no_text; a sample_fraction
 below 1 draws each row once by uid hash (DataComp's ``np.random.choice`` draws per shard, with
-replacement), so the sample does not depend on sharding. faiss gave identical centroids with 1
-and 2 threads here; both engines train in the driver on the same uid-ordered sample. The intersect
+replacement), so the sample does not depend on sharding. faiss trains single-threaded (curate.kernels.kmeans;
+it gave identical centroids with 1 and 2 threads here); both engines train in the driver on the same
+uid-ordered sample. The intersect
 baseline (CLIP score first, then image-based) is ``score_keep AND image_based_keep``: DataComp
 clusters and picks target clusters on the whole pool, thresholds on the whole pool, and only
 then intersects (``load_uids_with_image_filter`` with a fraction), so the stages are independent.
@@ -49,20 +50,20 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from curate.kernels.embeddings import as_fixed_size, decode, embedding_columns
-from curate.models.langid import fasttext_top1
+from curate.contract import Fit, Pass, Stage
+from curate.errors import RecipeError
+from curate.kernels import kmeans
+from curate.kernels.embeddings import as_fixed_size, check_model, decode, embedding_columns
 from curate.kernels.rules import char_lengths, decide, is_null
-from curate.stages.score import check_model, embedding_matrix
-from curate.contract import Fit, RecipeError, Stage
+from curate.kernels.vectors import embedding_matrix
+from curate.models.langid import fasttext_top1
 from curate.uid import uid_uniform
 
 log = logging.getLogger(__name__)
 
 FASTTEXT_WORD = re.compile("[^ \t\v\f\r\n\x00]+")  # fastText Dictionary::readWord separators
 SAMPLE_SCHEMA = pa.schema([("uid", pa.string()), ("image_emb", pa.binary()), ("rows", pa.int64())])
-CHUNK_ELEMENTS = 1 << 23  # rows x centroids scored at once (32 MiB of float32)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +85,8 @@ class ImageBasedConfig:
         if self.targets is None:
             raise RecipeError("image_based: targets is required: a .npy or .parquet of target embeddings from the "
                               "same model (e.g. --set image_based.targets=PATH)")
+        if not Path(self.targets).is_file():
+            raise RecipeError(f"image_based: targets file {self.targets} does not exist")
         if not 0.0 < self.sample_fraction <= 1.0 or self.clusters < 1 or self.iterations < 1:
             raise RecipeError("image_based: need 0 < sample_fraction <= 1, clusters >= 1, iterations >= 1")
 
@@ -107,7 +110,7 @@ def image_column(cfg: ImageBasedConfig) -> str:
     return embedding_columns(cfg.embeddings)[0]
 
 
-def training_sample(table: pa.Table, cfg: ImageBasedConfig, previous: pa.Table | None = None) -> pa.Table:
+def training_sample(table: pa.Table, cfg: ImageBasedConfig, previous: None = None) -> pa.Table:
     """Partial: the caption-filtered rows with a usable embedding in the uid-hashed sample."""
     if table.num_rows == 0:
         return SAMPLE_SCHEMA.empty_table()
@@ -121,52 +124,9 @@ def training_sample(table: pa.Table, cfg: ImageBasedConfig, previous: pa.Table |
                      "rows": np.ones(rows.num_rows, dtype=np.int64)}, schema=SAMPLE_SCHEMA)
 
 
-def train_kmeans(vectors: np.ndarray, cfg: ImageBasedConfig) -> np.ndarray:
-    import faiss
-
-    count, dim = vectors.shape
-    if count < cfg.clusters:
-        raise RecipeError(f"image_based: {count} training embeddings for {cfg.clusters} clusters; lower "
-                          f"image_based.clusters or raise image_based.sample_fraction")
-    clustering = faiss.Clustering(dim, cfg.clusters)
-    clustering.niter, clustering.seed, clustering.spherical = cfg.iterations, cfg.seed, cfg.spherical
-    clustering.max_points_per_centroid = max(count, 1)  # DataComp: no subsampling
-    clustering.verbose = False
-    index = faiss.IndexFlatIP(dim) if cfg.spherical else faiss.IndexFlatL2(dim)
-    clustering.train(np.ascontiguousarray(vectors, dtype=np.float32), index)
-    return faiss.vector_float_to_array(clustering.centroids).reshape(cfg.clusters, dim)
-
-
-def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Index of the largest dot product per row (first on ties), independent of batching: float32
-    scores, then float64 among the centroids within float32's rounding bound of the best."""
-    vectors, centroids = np.asarray(vectors, np.float32), np.asarray(centroids, np.float32)
-    bound = 2.0 * vectors.shape[1] * np.finfo(np.float32).eps * np.linalg.norm(centroids, axis=1).max()
-    out = np.empty(len(vectors), dtype=np.int64)
-    step = max(1, CHUNK_ELEMENTS // max(1, len(centroids)))
-    for start in range(0, len(vectors), step):
-        chunk = vectors[start:start + step]
-        scores = chunk @ centroids.T
-        best = scores.argmax(axis=1)
-        margin = bound * np.linalg.norm(chunk, axis=1) + np.float32(1e-30)
-        close = scores >= (scores[np.arange(len(chunk)), best] - margin)[:, None]
-        rows, candidates = np.nonzero(close[close.sum(axis=1) > 1])
-        if len(rows):
-            many = np.flatnonzero(close.sum(axis=1) > 1)
-            exact = np.einsum("ij,ij->i", chunk[many[rows]].astype(np.float64),
-                              centroids[candidates].astype(np.float64))
-            order = np.lexsort((candidates, -exact, rows))  # per row: largest, then lowest index
-            first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
-            best[many[rows[first]]] = candidates[first]
-        out[start:start + step] = best
-    return out
-
-
 def load_targets(path: str, dim: int) -> np.ndarray:
     """(n, dim) float32 target embeddings from .npy or .parquet; any non-finite row is an error."""
     source = Path(path)
-    if not source.is_file():
-        raise RecipeError(f"image_based: targets file {source} does not exist")
     if source.suffix == ".npy":
         matrix = np.load(source, allow_pickle=False)
     else:
@@ -187,18 +147,20 @@ def load_targets(path: str, dim: int) -> np.ndarray:
     return matrix
 
 
-def fit_clusters(merged: pa.Table, cfg: ImageBasedConfig, previous: pa.Table | None = None) -> pa.Table:
+def fit_clusters(merged: pa.Table, cfg: ImageBasedConfig, previous: None = None) -> pa.Table:
     """Finalize: k-means on the sample (in uid order), then flag the targets' nearest centroids."""
-    vectors = decode(merged.column("image_emb")).astype(np.float32)
+    vectors = decode(merged.sort_by("uid").column("image_emb")).astype(np.float32)
+    if len(vectors) < cfg.clusters:
+        raise RecipeError(f"image_based: {len(vectors)} training embeddings for {cfg.clusters} clusters; lower "
+                          f"image_based.clusters or raise image_based.sample_fraction")
     log.info("image_based: k-means with %d clusters on %d embeddings", cfg.clusters, len(vectors))
-    centroids = train_kmeans(vectors, cfg)
+    centroids = kmeans.train(vectors, cfg.clusters, iterations=cfg.iterations, seed=cfg.seed, spherical=cfg.spherical,
+                             max_points_per_centroid=max(len(vectors), 1))  # DataComp: no subsampling
     targets = load_targets(cfg.targets, centroids.shape[1])
-    target_clusters = np.bincount(nearest_centroids(targets, centroids), minlength=cfg.clusters)
+    target_clusters = np.bincount(kmeans.assign(targets, centroids)[0], minlength=cfg.clusters)
     log.info("image_based: %d target embeddings fall in %d of %d clusters", len(targets),
              int((target_clusters > 0).sum()), cfg.clusters)
-    flat = pa.array(centroids.reshape(-1), pa.float32())
-    return pa.table({"centroid": pa.FixedSizeListArray.from_arrays(flat, centroids.shape[1]),
-                     "targets": pa.array(target_clusters, pa.int64())})
+    return pa.table({"centroid": kmeans.centroid_column(centroids), "targets": pa.array(target_clusters, pa.int64())})
 
 
 def apply(table: pa.Table, cfg: ImageBasedConfig, artifact: pa.Table | None) -> pa.Table:
@@ -206,13 +168,12 @@ def apply(table: pa.Table, cfg: ImageBasedConfig, artifact: pa.Table | None) -> 
         raise RuntimeError("image_based: the clusters were not fitted; run the stage through an engine")
     name = image_column(cfg).rpartition(":")[2]
     vectors, problems = embedding_matrix(table.column(name), name)
-    column = artifact.column("centroid").combine_chunks()
-    centroids = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
+    centroids = kmeans.centroid_matrix(artifact)
     usable = ~np.isnan(vectors).any(axis=1) if vectors.shape[1] else np.zeros(table.num_rows, dtype=bool)
     if vectors.shape[1] and vectors.shape[1] != centroids.shape[1]:
-        raise ValueError(f"image_based: {name} has dimension {vectors.shape[1]}, the centroids {centroids.shape[1]}")
+        raise RecipeError(f"image_based: {name} has dimension {vectors.shape[1]}, the centroids {centroids.shape[1]}")
     cluster = np.zeros(table.num_rows, dtype=np.int64)
-    cluster[usable] = nearest_centroids(vectors[usable], centroids)
+    cluster[usable] = kmeans.assign(vectors[usable], centroids)[0]
     is_target = artifact.column("targets").to_numpy()[cluster] > 0
     checks = [*caption_checks(table, cfg), *problems, ("not_target_cluster", usable & ~is_target)]
     keep, reason = decide(checks, table.num_rows)
@@ -220,14 +181,22 @@ def apply(table: pa.Table, cfg: ImageBasedConfig, artifact: pa.Table | None) -> 
                      "image_based_cluster": pa.array(cluster, pa.int32(), mask=~usable)})
 
 
+def reads(cfg: ImageBasedConfig) -> tuple[str, ...]:
+    return ("uid", "text", image_column(cfg))
+
+
+def check_inputs(cfg: ImageBasedConfig, manifests: dict[str, dict]) -> None:
+    check_model("image_based", cfg.embeddings, cfg.model, manifests)
+
+
 STAGE = Stage(
     name="image_based",
     config=ImageBasedConfig,
-    reads=lambda cfg: ("uid", "text", image_column(cfg)),
+    reads=reads,
     adds=pa.schema([("image_based_keep", pa.bool_()), ("image_based_reason", pa.string()),
                     ("image_based_cluster", pa.int32())]),
     apply=apply,
-    fit=Fit(partial=training_sample, keys=("uid", "image_emb"), finalize=fit_clusters),
+    fit=Fit(passes=(Pass("sample", SAMPLE_SCHEMA, ("uid", "image_emb"), training_sample, fit_clusters),)),
     summary="DataComp image-based: caption filter, then keep images whose k-means cluster is nearest to a target",
-    check_inputs=lambda cfg, manifests: check_model("image_based", cfg.embeddings, cfg.model, manifests),
+    check_inputs=check_inputs,
 )

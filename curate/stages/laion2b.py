@@ -26,10 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curate.models.langid import cld3_language
-from curate.kernels.rules import Check, decide, is_null
+from curate.kernels.rules import Check, decide, float_values, is_null
 from curate.contract import Stage
 
 
@@ -43,9 +42,10 @@ class Laion2bConfig:
 
 def score_checks(scores: pa.Array | pa.ChunkedArray, min_score: float) -> list[Check]:
     """no_score (null or NaN) and low_score (score < min_score in the column's own float type)."""
-    if not pa.types.is_floating(scores.type):
-        scores = pc.cast(scores, pa.float64())
-    values = scores.to_numpy(zero_copy_only=False)  # nulls become NaN
+    if pa.types.is_floating(scores.type):
+        values = scores.to_numpy(zero_copy_only=False)  # nulls become NaN
+    else:
+        values = float_values(scores, "score")
     missing = is_null(scores) | np.isnan(values)
     threshold = values.dtype.type(min_score)
     return [("no_score", missing), ("low_score", ~missing & ~(values >= threshold))]
@@ -61,10 +61,14 @@ def apply(table: pa.Table, cfg: Laion2bConfig, artifact: pa.Table | None) -> pa.
     return pa.table({"laion2b_keep": keep, "laion2b_reason": reason, "laion2b_lang": pa.array(languages, pa.string())})
 
 
+def reads(cfg: Laion2bConfig) -> tuple[str, ...]:
+    return ("text",) if cfg.score_column is None else ("text", cfg.score_column)
+
+
 STAGE = Stage(
     name="laion2b",
     config=Laion2bConfig,
-    reads=lambda cfg: ("text",) if cfg.score_column is None else ("text", cfg.score_column),
+    reads=reads,
     adds=pa.schema([("laion2b_keep", pa.bool_()), ("laion2b_reason", pa.string()), ("laion2b_lang", pa.string())]),
     apply=apply,
     summary="LAION-2B rule: CLD3 English and CLIP B/32 score >= 0.28",

@@ -1,32 +1,26 @@
-"""MetaCLIP curation (Xu et al. 2023, "Demystifying CLIP Data", section 3), DESIGN.md 4.2.
+"""MetaCLIP balancing (Xu et al. 2023, "Demystifying CLIP Data", section 3.3), DESIGN.md 4.2.
 
-Substring-match every caption against a metadata entry list (curate.kernels.metaclip_match has the
-rule and how it runs fast), count per entry over the WHOLE pool, then balance: an entry
-matched by count[e] texts gets p[e] = min(1, t / count[e]), and a text with match set M is
-kept with probability 1 - prod over e in M of (1 - p[e]); texts with no match are dropped.
+Over the matches of the ``metaclip_match`` stage (which a recipe's ``metaclip`` runs first: see
+``before``), count per entry over the WHOLE pool, then balance: an entry matched by count[e] texts
+gets p[e] = min(1, t / count[e]), and a text with match set M is kept with probability
+1 - prod over e in M of (1 - p[e]); texts with no match are dropped.
 
-- fit: partial = (entry_id, n_texts) per batch, summed by the engine over the pool;
-  finalize = the artifact: one row per entry (entry_id, entry, count, p), len(metadata) rows.
+- fit, pass ``counts``: partial = (entry_id, n_texts) per batch, summed by the engine over the
+  pool; finalize = the artifact: one row per entry (entry_id, entry, count, p), len(metadata) rows;
 - apply: one uniform per sample from uid_uniform(uid, seed, "metaclip"), so the subset is the
   same on both engines and any partitioning, and ``seed`` (the recipe's) changes it.
 
-Columns added: ``metaclip_entries`` (list<int32>, the ascending ids of the matched entries;
-empty when none), ``metaclip_keep``, ``metaclip_reason`` (null when kept, else no_text for a
-null caption, no_match, or not_sampled) and ``metaclip_p`` (the keep probability, for loaders
-that resample per epoch: MetaCLIP's online curation).
+Columns added: ``metaclip_keep``, ``metaclip_reason`` (null when kept, else no_text for a null
+caption, no_match, or not_sampled) and ``metaclip_p`` (the keep probability, for loaders that
+resample per epoch: MetaCLIP's online curation). ``metaclip_entries`` comes from metaclip_match.
 
-Matching runs twice, in fit and in apply: the stage contract passes nothing per row from the
-first pass to the second; matching runs at 190k-330k captions/s on one core with a
-500k-entry list (bench/bench_metaclip.py), so the stage costs about twice that.
-
-Metadata with blank entries, repeated entries or entries with outer spaces: see
-curate.kernels.metaclip_match (blank never match; a repeat matches under its first id; outer spaces
-are matched literally, as the rule says). metadata/README.md describes the built-in list.
+The matches must come from the same metadata: ``check_inputs`` compares the digest the matching
+stage recorded with this stage's list, so a list edited in place cannot be balanced against stale
+matches. Each caption is matched once, on both engines.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,60 +29,45 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.kernels.metaclip_match import Matcher, load_metadata
-from curate.resources import metadata_path, missing_metadata, resolve_metadata
-from curate.contract import Fit, Stage
+from curate.contract import Fit, Pass, Stage
+from curate.errors import RecipeError
+from curate.fingerprint import file_sha256
+from curate.resources import load_metadata, metadata_path, missing_metadata, resolve_metadata
 from curate.uid import uid_uniform
 
 log = logging.getLogger(__name__)
 
 DEFAULT_METADATA = metadata_path("entries.json.gz")
+MATCH_STAGE = "metaclip_match"
 COUNT_SCHEMA = pa.schema([("entry_id", pa.int64()), ("n_texts", pa.int64())])
 ARTIFACT_SCHEMA = pa.schema([("entry_id", pa.int32()), ("entry", pa.string()), ("count", pa.int64()),
                              ("p", pa.float64())])
-ADDS = pa.schema([("metaclip_entries", pa.list_(pa.int32())), ("metaclip_keep", pa.bool_()),
-                  ("metaclip_reason", pa.string()), ("metaclip_p", pa.float64())])
-
-CARRIED = "_carry_metaclip_entries"  # the fit's matches, handed to apply by the local engine
-_MATCHERS: dict[tuple, Matcher] = {}
+ADDS = pa.schema([("metaclip_keep", pa.bool_()), ("metaclip_reason", pa.string()), ("metaclip_p", pa.float64())])
 
 
 @dataclass(frozen=True, kw_only=True)
 class MetaclipConfig:
     # Defaults: MetaCLIP (Xu et al. 2023): t = 20,000 for a 400M pool (170,000 for 2.5B).
-    # JSON list of strings (.json/.json.gz) or one entry per line; a bare file name that is not
-    # a file in the working directory is looked up among the shipped metadata (curate.resources)
-    metadata: str = DEFAULT_METADATA
+    metadata: str = DEFAULT_METADATA  # the entry list the matching stage uses (see metaclip_match)
     t: int = 20000                    # per-entry cap: p[e] = min(1, t / count[e])
     seed: int = 0                     # the recipe's seed; uid-hashed sampling
 
-
-def matcher(path: str) -> Matcher:
-    """The compiled entry list, built once per process (rebuilt if the file changes)."""
-    resolved = Path(resolve_metadata(path)).resolve()
-    stat = resolved.stat()
-    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
-    if key not in _MATCHERS:
-        _MATCHERS.clear()
-        _MATCHERS[key] = Matcher(load_metadata(resolved))
-    return _MATCHERS[key]
+    def __post_init__(self):
+        if self.t < 1:
+            raise RecipeError(f"metaclip: t must be >= 1, got {self.t}")
+        if not Path(resolve_metadata(self.metadata)).is_file():
+            raise RecipeError(missing_metadata(resolve_metadata(self.metadata)))
 
 
-def entry_counts(table: pa.Table, cfg: MetaclipConfig, previous: pa.Table | None = None) -> pa.Table:
-    """Partial: per entry id, how many texts of this batch match it."""
-    return _counts(matcher(cfg.metadata).match(table.column("text")))
+def matching(cfg: MetaclipConfig) -> tuple[tuple[str, dict], ...]:
+    """The stage a recipe runs before this one: the matching, with the same metadata."""
+    return ((MATCH_STAGE, {"metadata": cfg.metadata}),)
 
 
-def counts_and_matches(table: pa.Table, cfg: MetaclipConfig, previous: pa.Table | None = None) -> tuple[pa.Table, pa.Table]:
-    """``entry_counts`` plus the matches themselves, carried to ``apply`` so the local engine
-    matches each caption once instead of twice (Fit.partial_carry)."""
-    matches = matcher(cfg.metadata).match(table.column("text"))
-    return _counts(matches), pa.table({CARRIED: matches})
-
-
-def _counts(matches: pa.Array) -> pa.Table:
-    ids = matches.flatten().to_numpy()
-    counts = np.bincount(ids, minlength=0) if ids.size else np.zeros(0, dtype=np.int64)
+def entry_counts(table: pa.Table, cfg: MetaclipConfig, previous: None = None) -> pa.Table:
+    """Pass ``counts``: per entry id, how many texts of this batch match it."""
+    ids = table.column("metaclip_entries").combine_chunks().flatten().to_numpy() if table.num_rows else []
+    counts = np.bincount(ids) if len(ids) else np.zeros(0, dtype=np.int64)
     matched = np.flatnonzero(counts)
     return pa.table({"entry_id": matched.astype(np.int64), "n_texts": counts[matched].astype(np.int64)},
                     schema=COUNT_SCHEMA)
@@ -100,10 +79,8 @@ def sampling_probabilities(counts: np.ndarray, t: int) -> np.ndarray:
         return np.minimum(1.0, t / counts.astype(np.float64))
 
 
-def balance(merged: pa.Table, cfg: MetaclipConfig, previous: pa.Table | None = None) -> pa.Table:
+def balance(merged: pa.Table, cfg: MetaclipConfig, previous: None = None) -> pa.Table:
     """Finalize: the pool-wide count and p of every entry, in id order."""
-    if cfg.t < 1:
-        raise ValueError(f"metaclip.t must be >= 1, got {cfg.t}")
     entries = load_metadata(resolve_metadata(cfg.metadata))
     counts = np.zeros(len(entries), dtype=np.int64)
     counts[merged.column("entry_id").to_numpy()] = merged.column("n_texts").to_numpy()
@@ -127,44 +104,44 @@ def keep_probability(matches: pa.Array, p: np.ndarray) -> np.ndarray:
 def apply(table: pa.Table, cfg: MetaclipConfig, artifact: pa.Table | None) -> pa.Table:
     if artifact is None:
         raise RuntimeError("metaclip: the entry counts were not fitted; run the stage through an engine")
-    text = table.column("text")
-    p = artifact.column("p").to_numpy()
-    if CARRIED in table.column_names:  # matched during the fit (the metadata's hash is in the fingerprint)
-        matches = table.column(CARRIED).combine_chunks()
-    else:
-        compiled = matcher(cfg.metadata)
-        if len(p) != compiled.size:
-            raise RuntimeError(f"metaclip: the fitted counts have {len(p)} entries, {cfg.metadata} has "
-                               f"{compiled.size}; the metadata changed since the fit")
-        matches = compiled.match(text)
-    probability = keep_probability(matches, p)
+    matches = table.column("metaclip_entries").combine_chunks()
+    if not isinstance(matches, pa.ListArray):  # an empty chunked column combines to its type's empty array
+        matches = pa.array([], pa.list_(pa.int32()))
+    probability = keep_probability(matches, artifact.column("p").to_numpy())
     keep = uid_uniform(table.column("uid"), cfg.seed, "metaclip") < probability
-    no_text = np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False), dtype=bool)
+    no_text = np.asarray(pc.is_null(table.column("text")).to_numpy(zero_copy_only=False), dtype=bool)
     no_match = np.diff(matches.offsets.to_numpy()) == 0
     reason = np.where(no_text, "no_text", np.where(no_match, "no_match", np.where(keep, None, "not_sampled")))
-    return pa.table({"metaclip_entries": matches, "metaclip_keep": pa.array(keep, pa.bool_()),
+    return pa.table({"metaclip_keep": pa.array(keep, pa.bool_()),
                      "metaclip_reason": pa.array(reason.tolist(), pa.string()), "metaclip_p": probability})
 
 
 def describe(cfg: MetaclipConfig) -> dict:
     """The metadata file's content hash: editing the list in place re-runs the stage."""
-    path = resolve_metadata(cfg.metadata)
-    if not Path(path).is_file():
-        raise FileNotFoundError(missing_metadata(path))
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"metadata_sha256": digest.hexdigest()}
+    return {"metadata_sha256": file_sha256(resolve_metadata(cfg.metadata))}
+
+
+def check_inputs(cfg: MetaclipConfig, manifests: dict[str, dict]) -> None:
+    recorded = (manifests.get(MATCH_STAGE) or {}).get("metadata_sha256")
+    if recorded != file_sha256(resolve_metadata(cfg.metadata)):
+        raise RecipeError(f"metaclip: the {MATCH_STAGE} stage matched another metadata list than "
+                          f"metaclip.metadata={cfg.metadata!r}; give both the same list (a recipe's metaclip "
+                          f"entry sets both)")
+
+
+def reads(cfg: MetaclipConfig) -> tuple[str, ...]:
+    return ("uid", "text", "metaclip_entries")
 
 
 STAGE = Stage(
     name="metaclip",
     config=MetaclipConfig,
-    reads=lambda cfg: ("uid", "text"),
+    reads=reads,
     adds=ADDS,
     apply=apply,
-    fit=Fit(partial=entry_counts, keys=("entry_id",), finalize=balance, partial_carry=counts_and_matches),
-    summary="MetaCLIP: substring-match a metadata entry list, count per entry, balance to t per entry",
+    fit=Fit(passes=(Pass("counts", COUNT_SCHEMA, ("entry_id",), entry_counts, balance),)),
+    summary="MetaCLIP: count per metadata entry over the pool, balance to t per entry",
+    check_inputs=check_inputs,
     describe=describe,
+    before=matching,
 )

@@ -21,11 +21,10 @@ Keep (exactly one of):
   raises IndexError, and we keep every scored row.
 
 Exact at any scale with memory independent of N: the threshold is found by a radix selection
-in two fit passes (curate.stage.Fit). Each float32 score maps to an order-preserving uint32 key
-(-0.0 counted as 0.0, as ``>=`` does); pass 1 counts rows per top-16-bit bucket (NaN rows in
-bucket -1), and finds the bucket holding descending rank k; pass 2 counts the low 16 bits
-inside that bucket, which gives the exact key, hence the exact float32 threshold. Partials
-have at most 65,537 rows whatever the pool size.
+in two fit passes (curate.kernels.quantile): pass ``coarse`` counts rows per top-16-bit bucket of
+an order-preserving key (NaN rows in bucket -1) and finds the bucket holding descending rank k;
+pass ``fine`` counts the low 16 bits inside that bucket, which gives the exact key, hence the
+exact float32 threshold. Partials have at most 65,537 rows whatever the pool size.
 
 Columns added: ``score_clip`` (float32; NaN where there is no usable score), ``score_keep``,
 ``score_reason`` (null when kept, else no_embedding (a null embedding), non_finite (NaN/Inf in
@@ -42,17 +41,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from curate.kernels.embeddings import as_fixed_size, decode, embedding_columns, sidecar_path
-from curate.kernels.rules import decide
-from curate.contract import Fit, RecipeError, Stage
+from curate.contract import Fit, Pass, Stage
+from curate.errors import RecipeError
+from curate.kernels.embeddings import check_model, embedding_columns
+from curate.kernels.quantile import BUCKET_BITS, HISTOGRAM, LOW_MASK, find_rank, histogram, key_value, order_keys
+from curate.kernels.rules import decide, float_values
+from curate.kernels.vectors import cosine, embedding_matrix
 
 log = logging.getLogger(__name__)
 
-BUCKET_BITS = 16
 NAN_BUCKET = -1
-HISTOGRAM = pa.schema([("bin", pa.int64()), ("rows", pa.int64())])
 ARTIFACT = pa.schema([("bucket", pa.int64()), ("rank", pa.int64()), ("above", pa.int64()), ("rows", pa.int64()),
                       ("index", pa.int64()), ("threshold", pa.float32()), ("selected", pa.int64())])
 
@@ -79,133 +78,68 @@ class ScoreConfig:
             raise RecipeError("score: model names the embeddings' model; a score_column has no manifest to check")
 
 
-def embedding_source_key(source: str) -> str:
-    """Where the engines file a source's manifest: the stage name, or "pool:<sidecar dir>"."""
-    return source if source == "embed" else f"pool:{sidecar_path(source)}"
-
-
-def check_model(stage: str, source: str, model: str | None, manifests: dict[str, dict]) -> None:
-    """Refuse embeddings made by another model. An imported sidecar's manifest has ``model``; a
-    stage's manifest has its resolved config, so ``config.model`` is read as well."""
-    if model is None:
-        return
-    manifest = manifests.get(embedding_source_key(source)) or {}
-    recorded = manifest.get("model") or (manifest.get("config") or {}).get("model")
-    if recorded is None:
-        raise RecipeError(f"{stage}: the recipe names model {model!r}, but the {source!r} embeddings' manifest "
-                          f"records no model; drop {stage}.model or recompute the embeddings")
-    if recorded != model:
-        raise RecipeError(f"{stage}: the recipe names model {model!r}, but the {source!r} embeddings were made "
-                          f"by {recorded!r} (pretrained {manifest.get('pretrained')!r}); use embeddings of {model!r}")
-
-
-def embedding_matrix(column: pa.Array | pa.ChunkedArray, name: str) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
-    """float32 (n, dim) matrix of an embedding column, and per-row problem masks:
-    no_embedding (null), non_finite, zero_norm. Problem rows are all-NaN in the matrix."""
-    column = as_fixed_size(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
-    if not pa.types.is_fixed_size_binary(column.type) or column.type.byte_width % 2:
-        raise ValueError(f"{name}: expected float16 embeddings (fixed_size_binary of an even width), got {column.type}")
-    missing = np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False), dtype=bool)
-    matrix = decode(column).astype(np.float32)
-    finite = np.isfinite(matrix).all(axis=1)
-    non_finite = ~missing & ~finite
-    zero = ~missing & finite & ~(matrix != 0).any(axis=1)
-    matrix[missing | non_finite | zero] = np.nan
-    return matrix, [("no_embedding", missing), ("non_finite", non_finite), ("zero_norm", zero)]
-
-
-def cosine(image: np.ndarray, text: np.ndarray) -> np.ndarray:
-    """Row-wise cosine in float32 of L2-normalised vectors; NaN where either row is NaN."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        image = image / np.sqrt((image * image).sum(axis=1, dtype=np.float32))[:, None]
-        text = text / np.sqrt((text * text).sum(axis=1, dtype=np.float32))[:, None]
-        return (image * text).sum(axis=1, dtype=np.float32)
-
-
 def scores(table: pa.Table, cfg: ScoreConfig) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
     """float32 score per row and the masks of rows without a usable score."""
     if cfg.score_column is not None:
-        column = pc.cast(table.column(cfg.score_column), pa.float32())
-        values = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float32)  # null -> NaN
+        values = float_values(table.column(cfg.score_column), cfg.score_column).astype(np.float32)  # null -> NaN
         return values, [("no_score", np.isnan(values))]
     image_name, text_name = (spec.rpartition(":")[2] for spec in embedding_columns(cfg.embeddings))
     image, image_checks = embedding_matrix(table.column(image_name), image_name)
     text, text_checks = embedding_matrix(table.column(text_name), text_name)
     if image.shape[1] and text.shape[1] and image.shape[1] != text.shape[1]:
-        raise ValueError(f"score: {cfg.embeddings!r} image embeddings have dimension {image.shape[1]} but text "
-                         f"embeddings {text.shape[1]}; both must come from one model")
+        raise RecipeError(f"score: the {cfg.embeddings!r} image embeddings have dimension {image.shape[1]} but its "
+                          f"text embeddings {text.shape[1]}; both must come from one model")
     problems = [(name, image_bad | text_bad) for (name, image_bad), (_, text_bad) in zip(image_checks, text_checks)]
     if not image.shape[1] or not text.shape[1]:  # (Spark) a batch where one column holds no embedding at all
         return np.full(table.num_rows, np.nan, np.float32), problems
     return cosine(image, text), problems
 
 
-def order_keys(values: np.ndarray) -> np.ndarray:
-    """float32 -> uint32 keys in the same order (-0.0 as 0.0); callers drop NaN first."""
-    bits = (np.asarray(values, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
-    negative = (bits >> np.uint32(31)).astype(bool)
-    return np.where(negative, ~bits, bits | np.uint32(0x80000000))
-
-
-def key_value(key: int) -> np.float32:
-    """The float32 whose order key is ``key`` (inverse of order_keys)."""
-    bits = key & 0x7FFFFFFF if key & 0x80000000 else ~key & 0xFFFFFFFF
-    return np.array([bits], dtype=np.uint32).view(np.float32)[0]
-
-
-def histogram(bins: np.ndarray) -> pa.Table:
-    values, counts = np.unique(bins.astype(np.int64), return_counts=True)
-    return pa.table({"bin": values, "rows": counts.astype(np.int64)}, schema=HISTOGRAM)
-
-
-def score_histogram(table: pa.Table, cfg: ScoreConfig, previous: pa.Table | None) -> pa.Table:
-    """Partial. Pass 1: rows per top-16-bit key bucket (NaN in bucket -1). Pass 2: rows per
-    low 16 bits inside the bucket pass 1 chose. Nothing with a threshold or when pass 1 settled it."""
+def coarse_histogram(table: pa.Table, cfg: ScoreConfig, previous: pa.Table | None) -> pa.Table:
+    """Pass ``coarse``: rows per top-16-bit key bucket, NaN rows in bucket -1 (nothing with a threshold)."""
     if cfg.threshold is not None or table.num_rows == 0:
         return HISTOGRAM.empty_table()
     values, _ = scores(table, cfg)
     present = ~np.isnan(values)
     keys = order_keys(values[present])
-    if previous is None:
-        bins = np.concatenate([keys >> np.uint32(BUCKET_BITS), np.full((~present).sum(), NAN_BUCKET)])
-        return histogram(bins)
+    return histogram(np.concatenate([keys >> np.uint32(BUCKET_BITS), np.full((~present).sum(), NAN_BUCKET)]))
+
+
+def fine_histogram(table: pa.Table, cfg: ScoreConfig, previous: pa.Table) -> pa.Table:
+    """Pass ``fine``: rows per low 16 bits inside the bucket ``coarse`` chose (nothing when it settled it)."""
     bucket = previous.column("bucket")[0].as_py()
-    if bucket < 0:
+    if bucket < 0 or table.num_rows == 0:
         return HISTOGRAM.empty_table()
-    inside = keys[(keys >> np.uint32(BUCKET_BITS)) == bucket]
-    return histogram(inside & np.uint32((1 << BUCKET_BITS) - 1))
+    values, _ = scores(table, cfg)
+    keys = order_keys(values[~np.isnan(values)])
+    return histogram(keys[(keys >> np.uint32(BUCKET_BITS)) == bucket] & np.uint32(LOW_MASK))
 
 
-def find_rank(bins: np.ndarray, rows: np.ndarray, rank: int) -> tuple[int, int, int]:
-    """In a histogram, the bin holding descending rank ``rank`` (0-based), the rank inside it,
-    and the rows in higher bins."""
-    order = np.argsort(-bins, kind="stable")
-    bins, cumulative = bins[order], np.cumsum(rows[order])
-    position = int(np.searchsorted(cumulative, rank, side="right"))
-    above = int(cumulative[position - 1]) if position else 0
-    return int(bins[position]), rank - above, above
-
-
-def settle_threshold(merged: pa.Table, cfg: ScoreConfig, previous: pa.Table | None) -> pa.Table:
-    """Finalize. Pass 1 picks the bucket (or settles the edge cases); pass 2 the exact threshold."""
-    bins = merged.column("bin").to_numpy().astype(np.int64)
-    rows = merged.column("rows").to_numpy().astype(np.int64)
+def choose_bucket(merged: pa.Table, cfg: ScoreConfig, previous: None) -> pa.Table:
+    """Finalize ``coarse``: the bucket holding descending index int(N * f), or the settled edge cases."""
     if cfg.threshold is not None:
         return _artifact(-1, 0, 0, 0, 0, np.float32(cfg.threshold), -1)
-    if previous is None:
-        total, scored = int(rows.sum()), int(rows[bins >= 0].sum())
-        index = int(total * cfg.fraction)
-        if index >= total:  # f = 1 or an empty pool: DataComp's index is out of range; keep every score
-            return _artifact(-1, 0, scored, total, index, np.float32(-np.inf), scored)
-        if index >= scored:
-            log.warning("score: descending index %d of %d rows falls among the %d rows without a score: the "
-                        "threshold is NaN and nothing is kept (DataComp's rule)", index, total, total - scored)
-            return _artifact(-1, 0, 0, total, index, np.float32(np.nan), 0)
-        bucket, rank, above = find_rank(bins[bins >= 0], rows[bins >= 0], index)
-        return _artifact(bucket, rank, above, total, index, np.float32(np.nan), -1)
+    bins = merged.column("bin").to_numpy().astype(np.int64)
+    rows = merged.column("rows").to_numpy().astype(np.int64)
+    total, scored = int(rows.sum()), int(rows[bins >= 0].sum())
+    index = int(total * cfg.fraction)
+    if index >= total:  # f = 1 or an empty pool: DataComp's index is out of range; keep every score
+        return _artifact(-1, 0, scored, total, index, np.float32(-np.inf), scored)
+    if index >= scored:
+        log.warning("score: descending index %d of %d rows falls among the %d rows without a score: the "
+                    "threshold is NaN and nothing is kept (DataComp's rule)", index, total, total - scored)
+        return _artifact(-1, 0, 0, total, index, np.float32(np.nan), 0)
+    bucket, rank, above = find_rank(bins[bins >= 0], rows[bins >= 0], index)
+    return _artifact(bucket, rank, above, total, index, np.float32(np.nan), -1)
+
+
+def settle_threshold(merged: pa.Table, cfg: ScoreConfig, previous: pa.Table) -> pa.Table:
+    """Finalize ``fine``: the exact float32 threshold and how many rows it keeps."""
     settled = previous.to_pylist()[0]
     if settled["bucket"] < 0:
         return previous
+    bins = merged.column("bin").to_numpy().astype(np.int64)
+    rows = merged.column("rows").to_numpy().astype(np.int64)
     low, _, above_in_bucket = find_rank(bins, rows, settled["rank"])
     threshold = key_value((settled["bucket"] << BUCKET_BITS) | low)
     selected = settled["above"] + above_in_bucket + int(rows[bins == low].sum())
@@ -238,13 +172,18 @@ def reads(cfg: ScoreConfig) -> tuple[str, ...]:
     return (cfg.score_column,) if cfg.score_column is not None else embedding_columns(cfg.embeddings)
 
 
+def check_inputs(cfg: ScoreConfig, manifests: dict[str, dict]) -> None:
+    check_model("score", cfg.embeddings, cfg.model, manifests)
+
+
 STAGE = Stage(
     name="score",
     config=ScoreConfig,
     reads=reads,
     adds=pa.schema([("score_clip", pa.float32()), ("score_keep", pa.bool_()), ("score_reason", pa.string())]),
     apply=apply,
-    fit=Fit(partial=score_histogram, keys=("bin",), finalize=settle_threshold, passes=2),
+    fit=Fit(passes=(Pass("coarse", HISTOGRAM, ("bin",), coarse_histogram, choose_bucket),
+                    Pass("fine", HISTOGRAM, ("bin",), fine_histogram, settle_threshold))),
     summary="CLIP score: cosine of image and text embeddings; keep the pool's top fraction or above a threshold",
-    check_inputs=lambda cfg, manifests: check_model("score", cfg.embeddings, cfg.model, manifests),
+    check_inputs=check_inputs,
 )

@@ -9,7 +9,7 @@ whose similarity to j is > 1 - eps. With ``prefer_column`` (e.g. a DFN score) th
 column descending instead (null/NaN last), ties by uid, so of a set of duplicates the one with
 the highest score is kept.
 
-Numerics: similarities are float32 dot products of the unit rows (curate.kmeans.normalise) and
+Numerics: similarities are float32 dot products of the unit rows (curate.kernels.vectors.normalise) and
 compared with float32(1 - eps). The similarity matrix is never materialised: ``first_duplicates``
 takes blocks of rows against all earlier rows (a block holds at most ``BLOCK_ELEMENTS`` floats),
 which is the dense rule exactly, so a cluster costs its n x dim float32 vectors plus one block
@@ -33,8 +33,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.stages.cluster import MODALITIES, unit_rows, vector_specs
-from curate.contract import RecipeError, Stage
+from curate.contract import Stage
+from curate.errors import RecipeError
+from curate.kernels.embeddings import MODALITIES, vector_names, vector_specs
+from curate.kernels.vectors import unit_vectors
 
 BLOCK_ELEMENTS = 1 << 24  # similarities computed at once (64 MiB of float32)
 
@@ -91,7 +93,7 @@ def apply(table: pa.Table, cfg: SemDedupConfig, artifact: pa.Table | None = None
     order = dedup_order(table, cfg)
     order = order[pc.is_valid(table.column("cluster_id")).to_numpy(zero_copy_only=False)[order]]
     if len(order):
-        vectors, _ = unit_rows(table.take(order), cfg.embeddings, cfg.modality)
+        vectors, _ = unit_vectors([table.take(order).column(name) for name in vector_names(cfg.embeddings, cfg.modality)])
         clusters = table.column("cluster_id").take(order).to_numpy()
         uids = np.asarray(table.column("uid").take(order).to_pylist(), dtype=object)
         starts = np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]])
@@ -113,15 +115,24 @@ def check_inputs(cfg: SemDedupConfig, manifests: dict[str, dict]) -> None:
                               f"set them alike")
 
 
+def reads(cfg: SemDedupConfig) -> tuple[str, ...]:
+    return ("uid", "cluster_id", "cluster_sim", "cluster_reason", *vector_specs(cfg.embeddings, cfg.modality),
+            *((cfg.prefer_column,) if cfg.prefer_column else ()))
+
+
+def group_key(table: pa.Table, cfg: SemDedupConfig, artifact: None) -> pa.ChunkedArray:
+    """One group per k-means cluster; rows without one (no usable embedding) take part in none."""
+    return table.column("cluster_id")
+
+
 STAGE = Stage(
     name="semdedup",
     config=SemDedupConfig,
-    reads=lambda cfg: ("uid", "cluster_id", "cluster_sim", "cluster_reason", *vector_specs(cfg.embeddings, cfg.modality),
-                       *((cfg.prefer_column,) if cfg.prefer_column else ())),
+    reads=reads,
     adds=pa.schema([("semdedup_keep", pa.bool_()), ("semdedup_duplicate_of", pa.string()),
                     ("semdedup_reason", pa.string())]),
     apply=apply,
     summary="SemDeDup: per cluster, drop members with cosine > 1 - eps to an earlier (farther) member",
     check_inputs=check_inputs,
-    group_by=lambda table, cfg, artifact: table.column("cluster_id"),
+    group_by=group_key,
 )

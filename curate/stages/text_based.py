@@ -48,6 +48,7 @@ from curate.models.langid import fasttext_top1
 from curate.resources import metadata_path, missing_metadata
 from curate.kernels.rules import decide, is_null
 from curate.contract import Stage
+from curate.errors import RecipeError
 
 DEFAULT_TABLE = metadata_path("text_based.json.gz")
 PARTS_OF_SPEECH = ("n", "v", "a", "r")  # nltk's POS_LIST order
@@ -120,13 +121,13 @@ class WordNetLookup:
 def load_table(path: str) -> tuple[WordNetLookup, frozenset[int]]:
     """The lookup and the ImageNet-21k offsets; the wnid list must be DataComp's, byte for byte."""
     if not Path(path).is_file():
-        raise FileNotFoundError(missing_metadata(path))
+        raise RecipeError(missing_metadata(path))
     with gzip.open(path, "rt", encoding="ascii") as handle:
         table = json.load(handle)
     wnids = table["imagenet21k"]
     digest = hashlib.sha256("".join(f"{wnid}\n" for wnid in wnids).encode()).hexdigest()
     if digest != table["sources"]["imagenet21k_sha256"]:
-        raise ValueError(f"{path}: the ImageNet-21k wnid list does not match its recorded sha256")
+        raise RecipeError(f"{path}: the ImageNet-21k wnid list does not match its recorded sha256")
     return WordNetLookup(table), frozenset(int(wnid[1:]) for wnid in wnids)
 
 
@@ -158,10 +159,14 @@ def apply(table: pa.Table, cfg: TextBasedConfig, artifact: pa.Table | None) -> p
                      "text_based_synset": pa.array(synsets, pa.string())})
 
 
+def reads(cfg: TextBasedConfig) -> tuple[str, ...]:
+    return ("text",)
+
+
 STAGE = Stage(
     name="text_based",
     config=TextBasedConfig,
-    reads=lambda cfg: ("text",),
+    reads=reads,
     adds=pa.schema([("text_based_keep", pa.bool_()), ("text_based_reason", pa.string()),
                     ("text_based_lang", pa.string()), ("text_based_synset", pa.string())]),
     apply=apply,

@@ -42,7 +42,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from curate.pool import POOL_INFO, PoolError, check_uids, parquet_file, repair_text, scan_shards
+from curate.pool import POOL_INFO, check_uids, parquet_file, repair_text, scan_shards
+from curate.errors import PoolError
 from curate.runio import atomic_write_json, atomic_write_table, package_versions, read_json
 from curate.uid import derive_uid, uid_pairs
 

@@ -50,10 +50,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.engines import Session, open_session
 from curate.engines.plan import remove_temporaries
+from curate.engines.workers import WorkerPool
+from curate.progress import Progress
 from curate.pool import Shard, parquet_file, read_shard, scan_shards
 from curate.runio import atomic_write_ipc, read_json, read_manifest, write_manifest
-from curate.steps.tars import FACES, ReshardError, attach_curation, check_face_boxes, json_type, load_curation, write_shard
+from curate.steps.tars import FACES, attach_curation, check_face_boxes, json_type, load_curation, write_shard
+from curate.errors import ReshardError
 from curate.uid import SUBSET_DTYPE, pairs_to_uids, uid_pairs, uid_uniform
 
 log = logging.getLogger(__name__)
@@ -88,8 +92,12 @@ class ShardSpec:
 
 
 def reshard(source: Path, out: Path, cfg: ReshardConfig = ReshardConfig(), *, pool: Path | None = None,
-            engine: str = "local", workers: int | None = None, spark=None) -> dict:
-    """Write the selection of ``source`` (a run directory or a subset .npy) as tar shards into ``out``."""
+            session: Session | None = None, workers: int | None = None) -> dict:
+    """Write the selection of ``source`` (a run directory or a subset .npy) as tar shards into ``out``
+    (on ``session``'s engine; without one, on the local engine with ``workers`` processes)."""
+    if session is None:
+        with open_session("local", workers=workers) as opened:
+            return reshard(source, out, cfg, pool=pool, session=opened)
     started, source, out = time.perf_counter(), Path(source), Path(out)
     pool = Path(pool) if pool else pool_of_run(source)
     shards = scan_shards(pool)
@@ -108,16 +116,16 @@ def reshard(source: Path, out: Path, cfg: ReshardConfig = ReshardConfig(), *, po
     todo = _prepare(out, fingerprint, shard_count)
     unique = len(np.unique(selection))
     fields = dict(stage="reshard", fingerprint=fingerprint, config=asdict(cfg), source=str(source), pool=str(pool),
-                  engine=engine, samples=plan.num_rows, unique_uids=unique, repeated_samples=plan.num_rows - unique,
+                  engine=session.engine, samples=plan.num_rows, unique_uids=unique, repeated_samples=plan.num_rows - unique,
                   face_boxes_clipped={"samples": len(clipped), "examples": clipped[:5]})
     write_manifest(out, status="running", **fields)
     log.info("reshard: %d samples into %d shards of %d (%d to write) in %s", plan.num_rows, shard_count,
              cfg.shard_size, len(todo), out)
     remaining = plan.filter(pc.is_in(plan.column(SHARD), pa.array(todo, pa.int64())))
-    if todo and engine == "spark":
-        _run_spark(remaining, shards, spec, spark)
+    if todo and session.engine == "spark":
+        _run_spark(remaining, shards, spec, session.spark)
     elif todo:
-        _run_local(remaining, shards, spec, workers)
+        _run_local(remaining, shards, spec, session.workers)
     shutil.rmtree(out / WORK, ignore_errors=True)
     return write_manifest(out, status="complete", **fields, **_totals(out, len(todo)),
                           seconds_last_run=round(time.perf_counter() - started, 3))
@@ -222,18 +230,14 @@ def _totals(out: Path, written: int) -> dict:
             "blurred": sum(s["blurred"] for s in stats), "bytes": sum(s["bytes"] for s in stats)}
 
 
-def _run_local(plan: pa.Table, shards: list[Shard], spec: ShardSpec, workers: int | None) -> None:
+def _run_local(plan: pa.Table, shards: list[Shard], spec: ShardSpec, workers: WorkerPool) -> None:
     """A process pool over output shards. In pool order an output shard's samples come from a few
     neighbouring pool shards, which its task reads (a worker keeps the last one). Shuffled, every
     output shard draws from every pool shard: each pool shard's selected rows are first scattered,
     in output order, to an Arrow file (threads: Arrow releases the GIL) that tasks read slices of."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tqdm import tqdm
-
-    from curate.engines import local
-
-    workers, scatter_dir = workers or local.default_workers(), Path(spec.out) / WORK / "scatter"
+    scatter_dir = Path(spec.out) / WORK / "scatter"
     scatter_dir.mkdir(parents=True, exist_ok=True)
     pool_shard, scatter, sources = plan.column(POOL_SHARD).to_numpy(), [], {}
     for shard in shards:
@@ -246,9 +250,10 @@ def _run_local(plan: pa.Table, shards: list[Shard], spec: ShardSpec, workers: in
             start, stop = np.searchsorted(out_shards, [number, number + 1])
             rows = None if spec.cfg.shuffle else piece.slice(start, stop - start)
             sources.setdefault(int(number), []).append((target, rows, start, stop))
-    with ThreadPoolExecutor(workers) as executor:
-        list(tqdm(executor.map(_scatter, scatter), total=len(scatter), desc="reshard scatter", unit="part", disable=None))
-    local._map(_gather, [(number, sources[number], spec) for number in sorted(sources)], workers, "reshard")
+    with ThreadPoolExecutor(workers.workers) as executor, Progress("reshard scatter", len(scatter)) as progress:
+        for _ in executor.map(_scatter, scatter):
+            progress.update()
+    workers.map(_gather, [(number, sources[number], spec) for number in sorted(sources)], "reshard", unit="shard")
     _LAST_READ.clear()
 
 
@@ -290,17 +295,18 @@ def _run_spark(plan: pa.Table, shards: list[Shard], spec: ShardSpec, spark) -> N
     """The plan (a parquet file) joined with the pool by uid; one applyInArrow call per output shard."""
     from curate.engines import spark as spark_engine
 
-    spark = spark or spark_engine.get_spark()
     plan_path = Path(spec.out) / WORK / "plan.parquet"
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(plan.drop_columns([POOL_SHARD, POOL_ROW, COPY]), plan_path)
     pool = spark_engine.read_pool(spark, shards, ["uid", *spec.pool_columns])
     joined = spark.read.parquet(str(plan_path)).join(pool, on="uid", how="inner")
-    written = joined.groupBy(SHARD).applyInArrow(_group_writer(spec), f"{SHARD} long, successes long").collect()
+    written = joined.groupBy(SHARD).applyInArrow(group_writer(spec), f"{SHARD} long, successes long").collect()
     log.info("reshard: Spark wrote %d shard(s)", len(written))
 
 
-def _group_writer(spec: ShardSpec):
+def group_writer(spec: ShardSpec):
+    """applyInArrow function: write one output shard from its rows (a plain function: Spark reads
+    its signature and type hints)."""
     def write_group(rows: pa.Table) -> pa.Table:
         number = rows.column(SHARD)[0].as_py()
         stats = write_shard(rows.sort_by(SAMPLE), number, spec, SAMPLE)

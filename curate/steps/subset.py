@@ -17,7 +17,6 @@ it; DataComp drops such samples. The written rows keep their NaN values unchange
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
@@ -25,37 +24,53 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.engines import local
+from curate.contract import Stage
+from curate.engines import Session
 from curate.engines.plan import remove_temporaries, require_local_layout
-from curate.pool import read_shard, scan_shards
+from curate.errors import PoolError, RecipeError
+from curate.fingerprint import digest
+from curate.pool import Shard, parquet_file, read_shard, scan_shards
 from curate.runio import atomic_write_table, done_stats, is_done, mark_done, read_manifest, write_manifest
-from curate.contract import RecipeError
+from curate.selection import Select, parse_select
 from curate.uid import uid_pairs, write_datacomp_subset
 
 log = logging.getLogger(__name__)
 
 SUBSET = "subset"
 SUBSET_NPY = "subset.npy"
+LAYOUT = "pool-shards"
+MASK = "__curate_mask"
 
 
-def referenced_columns(select: str) -> list[str]:
-    try:
-        return sorted(set(pl.sql_expr(select).meta.root_names()))
-    except Exception as error:  # polars raises several error types for bad SQL
-        raise RecipeError(f"select {select!r} is not a valid SQL expression ({error})") from error
-
-
-def check_select(select: str, available: list[str]) -> None:
-    missing = [c for c in referenced_columns(select) if c not in available]
+def check_select(select: Select, schema: pa.Schema) -> None:
+    """The expression names only columns ``schema`` has, and is boolean over them."""
+    missing = [c for c in select.columns() if c not in schema.names]
     if missing:
-        raise RecipeError(f"select {select!r} names unknown column(s) {missing}; available: {sorted(available)}")
+        raise RecipeError(f"select {select.text!r} names unknown column(s) {missing}; available: {sorted(schema.names)}")
+    try:
+        kind = pl.from_arrow(schema.empty_table()).select(pl.sql_expr(select.sql).alias(MASK)).schema[MASK]
+    except Exception as error:  # polars raises several error types for ill-typed SQL
+        raise RecipeError(f"select {select.text!r} cannot be evaluated over these columns ({error})") from None
+    if kind not in (pl.Boolean, pl.Null):
+        raise RecipeError(f"select {select.text!r} gives {kind}, not a boolean; e.g. write \"score_clip >= 0.3\", "
+                          f"not \"score_clip\"")
 
 
-def _fingerprint(select: str, out_dir: Path, stage_names: list[str]) -> str:
-    parts = [select] + [read_manifest(out_dir / name)["fingerprint"] for name in stage_names]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+def check_select_plan(select: str, shards: list[Shard], stages: list[Stage]) -> Select:
+    """Before any stage runs: ``select`` against the pool's columns and what the stages will add."""
+    fields = list(parquet_file(shards[0].path).schema_arrow)
+    for stage in stages:
+        fields += [field for field in stage.adds if field.name not in {f.name for f in fields}]
+    parsed = parse_select(select)
+    check_select(parsed, pa.schema(fields))
+    return parsed
+
+
+def _fingerprint(select: Select, out_dir: Path, stage_names: list[str]) -> str:
+    return digest([select.sql] + [read_manifest(out_dir / name)["fingerprint"] for name in stage_names])
 
 
 def _prepare(out_dir: Path, fingerprint: str) -> bool:
@@ -69,83 +84,91 @@ def _prepare(out_dir: Path, fingerprint: str) -> bool:
     return False
 
 
-def run_subset_local(pool_dir: Path, out_dir: Path, stage_names: list[str], select: str, *, workers: int | None = None) -> dict:
-    shards = scan_shards(pool_dir)
-    require_local_layout([out_dir / name for name in stage_names])
-    fingerprint = _fingerprint(select, out_dir, stage_names)
+def run_subset(pool_dir: Path, out_dir: Path, stage_names: list[str], select: str, session: Session) -> dict:
+    """Select rows over the stages' columns into OUT/subset/ and OUT/subset.npy (or keep an identical one)."""
+    parsed = parse_select(select)
+    fingerprint = _fingerprint(parsed, out_dir, stage_names)
     subset_dir = out_dir / SUBSET
     if not _prepare(out_dir, fingerprint):
-        write_manifest(subset_dir, stage=SUBSET, status="running", fingerprint=fingerprint, select=select,
-                       stages=stage_names, engine="local", layout=local.LAYOUT)
-        tasks = [(shard, out_dir, stage_names, select) for shard in shards
-                 if not is_done(subset_dir, shard.part, subset_dir / f"{shard.part}.parquet")]
-        local._map(_subset_partition, tasks, workers or local.default_workers(), SUBSET)
-        stats = done_stats(subset_dir)
-        write_manifest(subset_dir, stage=SUBSET, status="complete", fingerprint=fingerprint, select=select,
-                       stages=stage_names, engine="local", layout=local.LAYOUT,
-                       rows=sum(s["rows"] for s in stats), rows_in=sum(s["rows_in"] for s in stats))
+        fields = dict(stage=SUBSET, fingerprint=fingerprint, select=select, sql=parsed.sql, stages=stage_names,
+                      engine=session.engine)
+        if session.engine == "spark":
+            rows, rows_in, layout = _subset_spark(pool_dir, out_dir, stage_names, parsed, session.spark, fields)
+        else:
+            rows, rows_in, layout = _subset_local(pool_dir, out_dir, stage_names, parsed, session, fields)
+        write_manifest(subset_dir, status="complete", layout=layout, rows=rows, rows_in=rows_in, **fields)
     return finish(out_dir)
 
 
-def _subset_partition(task: tuple) -> dict:
+def _subset_local(pool_dir: Path, out_dir: Path, stage_names: list[str], select: Select, session: Session,
+                  fields: dict) -> tuple[int, int, str]:
+    shards = scan_shards(pool_dir)
+    require_local_layout([out_dir / name for name in stage_names])
+    subset_dir = out_dir / SUBSET
+    write_manifest(subset_dir, status="running", layout=LAYOUT, **fields)
+    tasks = [(shard, out_dir, tuple(stage_names), select) for shard in shards
+             if not is_done(subset_dir, shard.part, subset_dir / f"{shard.part}.parquet")]
+    session.workers.map(_subset_partition, tasks, SUBSET)
+    stats = done_stats(subset_dir)
+    return sum(s["rows"] for s in stats), sum(s["rows_in"] for s in stats), LAYOUT
+
+
+def _subset_partition(task: tuple[Shard, Path, tuple[str, ...], Select]) -> dict:
     shard, out_dir, stage_names, select = task
     table = read_shard(shard.path)
     for name in stage_names:
         part = pq.read_table(out_dir / name / f"{shard.part}.parquet")
         if not part.column("uid").equals(table.column("uid")):
-            raise RecipeError(f"{out_dir / name / shard.part}.parquet: uids not row-aligned with {shard.path}")
+            raise PoolError(f"{out_dir / name / shard.part}.parquet: uids not row-aligned with {shard.path}")
         for field, column in zip(part.schema, part.columns):
             if field.name != "uid":
                 table = table.append_column(field, column)
-    check_select(select, table.column_names)
+    check_select(select, table.schema)
     frame = pl.from_arrow(table)
-    selected = frame.filter(_select_mask(frame, select)).to_arrow()
+    selected = frame.filter(select_mask(frame, select)).to_arrow()
     atomic_write_table(selected.cast(table.schema), out_dir / SUBSET / f"{shard.part}.parquet")
     stats = {"part": shard.part, "rows": selected.num_rows, "rows_in": table.num_rows}
     mark_done(out_dir / SUBSET, shard.part, stats)
     return stats
 
 
-def _select_mask(frame: pl.DataFrame, select: str) -> pl.Series:
+def select_mask(frame: pl.DataFrame, select: Select) -> pl.Series:
     """The select expression's value per row, NaN read as NULL (see the module docstring)."""
     import polars.selectors as cs
 
     nulled = frame.with_columns(cs.float().fill_nan(None))
-    return nulled.with_columns(pl.sql_expr(select).fill_null(False).alias("__curate_mask"))["__curate_mask"]
+    return nulled.with_columns(pl.sql_expr(select.sql).fill_null(False).alias(MASK))[MASK]
 
 
-def _spark_filter(frame, select: str):
+def _spark_filter(frame, select: Select):
     """``frame.filter(select)`` with NaN read as NULL in float columns; the rows keep their NaN."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import DoubleType, FloatType
 
     floats = [f for f in frame.schema.fields if isinstance(f.dataType, (FloatType, DoubleType))]
     if not floats:
-        return frame.filter(F.expr(select))
+        return frame.filter(F.expr(select.sql))
     saved = {f"__curate_nan_{i}": F.col(f.name) for i, f in enumerate(floats)}
     nulled = frame.withColumns(saved).withColumns(
         {f.name: F.nanvl(F.col(f.name), F.lit(None).cast(f.dataType)) for f in floats})
-    kept = nulled.filter(F.expr(select))
+    kept = nulled.filter(F.expr(select.sql))
     return kept.withColumns({f.name: F.col(f"__curate_nan_{i}") for i, f in enumerate(floats)}).drop(*saved)
 
 
-def run_subset_spark(pool_dir: Path, out_dir: Path, stage_names: list[str], select: str, *, spark) -> dict:
+def _subset_spark(pool_dir: Path, out_dir: Path, stage_names: list[str], select: Select, spark,
+                  fields: dict) -> tuple[int, int, str]:
     from curate.engines import spark as spark_engine
 
-    fingerprint = _fingerprint(select, out_dir, stage_names)
-    subset_dir = out_dir / SUBSET
-    if not _prepare(out_dir, fingerprint):
-        write_manifest(subset_dir, stage=SUBSET, status="running", fingerprint=fingerprint, select=select,
-                       stages=stage_names, engine="spark", layout=spark_engine.LAYOUT)
-        frame = spark_engine.read_pool(spark, scan_shards(pool_dir))
-        rows_in = frame.count()
-        for name in stage_names:
-            frame = frame.join(spark_engine.read_parts(spark, out_dir / name), on="uid", how="left")
-        check_select(select, frame.columns)
-        rows = spark_engine.write_parts(_spark_filter(frame, select), subset_dir)
-        write_manifest(subset_dir, stage=SUBSET, status="complete", fingerprint=fingerprint, select=select,
-                       stages=stage_names, engine="spark", layout=spark_engine.LAYOUT, rows=rows, rows_in=rows_in)
-    return finish(out_dir)
+    write_manifest(out_dir / SUBSET, status="running", layout=spark_engine.LAYOUT, **fields)
+    frame = spark_engine.read_pool(spark, scan_shards(pool_dir))
+    rows_in = frame.count()
+    for name in stage_names:
+        frame = frame.join(spark_engine.read_parts(spark, out_dir / name), on="uid", how="left")
+    if any(c not in frame.columns for c in select.columns()):
+        missing = [c for c in select.columns() if c not in frame.columns]
+        raise RecipeError(f"select {select.text!r} names unknown column(s) {missing}; available: {sorted(frame.columns)}")
+    rows = spark_engine.write_parts(_spark_filter(frame, select), out_dir / SUBSET)
+    return rows, rows_in, spark_engine.LAYOUT
 
 
 def finish(out_dir: Path) -> dict:

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.pool import PoolError
+from curate.errors import ReshardError
 from curate.runio import atomic_write_json
 from curate.uid import uid_pairs
 
@@ -40,10 +40,6 @@ log = logging.getLogger(__name__)
 
 FACES = "face_bboxes"
 MAX_PIXELS = 50_000_000  # images above this are not decoded for blurring (curate.stages.embed's bomb guard)
-
-
-class ReshardError(PoolError):
-    """Input reshard cannot use: the message says what and, where it can, which sample."""
 
 
 def write_shard(rows: pa.Table, shard: int, spec: Any, sample_column: str) -> dict:

@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from curate.models import clip as models
-from curate.stages.embed import EmbedConfig, open_image
-from curate.pool import PoolError, list_shards, read_shard
+from curate.kernels.images import open_image
+from curate.pool import list_shards, read_shard
+from curate.errors import PoolError, TrainingError
 from curate.runio import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def export_image(data: bytes | None, path: Path, size: int) -> str | None:
     """Decode with embed's guards, shrink the shorter side to ``size``, save as PNG; or the reason."""
     from PIL import Image
 
-    image, reason = open_image(data, EmbedConfig())
+    image, reason = open_image(data)
     if image is None:
         return reason
     image = image.convert("RGB")
@@ -209,7 +210,7 @@ def run_trainer(args: list[str], log_path: Path, epochs: int) -> float | None:
         returncode = process.wait()
     if returncode != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"open_clip_train failed (exit {returncode}); the last lines of {log_path}:\n{tail}")
+        raise TrainingError(f"open_clip_train failed (exit {returncode}); the last lines of {log_path}:\n{tail}")
     return loss
 
 
@@ -218,7 +219,7 @@ def save_checkpoint(trainer_checkpoint: Path, target: Path) -> None:
     import torch
 
     if not trainer_checkpoint.is_file():
-        raise RuntimeError(f"open_clip_train wrote no final checkpoint {trainer_checkpoint}")
+        raise TrainingError(f"open_clip_train wrote no final checkpoint {trainer_checkpoint}")
     state = torch.load(trainer_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     state = {key.removeprefix("module."): value for key, value in state.items()}
     tmp = target.with_name(f".{target.name}.tmp")

@@ -1,0 +1,84 @@
+"""What the engines do when a stage function raises: name the stage, the pool shard and the row.
+
+Locally the failing partition's pool shard is known, and a ``RowError`` gives the row. On Spark a
+task only sees Arrow batches, so the wrapped function raises a marked message carrying the stage,
+the step, the cause and the first (or failing) row's uid; the driver finds the marked message in
+Spark's exception, looks the uid up in the pool's shards (on this error path only) and raises the
+same ``StageError`` the local engine would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.errors import RowError, StageError, describe_exception
+from curate.pool import Shard, read_shard
+
+MARKER = "curate-stage-error:"
+_MARKED = re.compile(re.escape(MARKER) + r"(\{.*?\})(?:\n|$)")
+
+
+def failing_uid(table: pa.Table | None, error: BaseException) -> tuple[int | None, str | None]:
+    """(row, uid) of the row a ``RowError`` names, else (None, the batch's first uid)."""
+    if table is None or "uid" not in table.column_names or table.num_rows == 0:
+        return None, None
+    row = error.row if isinstance(error, RowError) else None
+    uid = table.column("uid")[row if row is not None and row < table.num_rows else 0].as_py()
+    return row, uid
+
+
+@contextmanager
+def local_failures(stage: str, step: str, source: Path | str, table: pa.Table | None = None,
+                   locate: Callable[[int | None], tuple[str, int | None]] | None = None) -> Iterator[None]:
+    """Wrap an exception from stage code as a StageError naming ``source`` and, for a RowError, the
+    row and uid. ``locate`` maps a batch row (or None) to (source file, row in it) when the batch
+    is not one whole shard (a group of the group path)."""
+    try:
+        yield
+    except StageError:
+        raise
+    except Exception as error:
+        row, uid = failing_uid(table, error)
+        if not isinstance(error, RowError):
+            row, uid = None, None  # a batch's first uid says nothing about where a whole-batch failure lies
+        if locate is not None:
+            source, row = locate(row)
+        raise StageError(stage, str(source), describe_exception(error), row=row, uid=uid, step=step) from error
+
+
+def marked(stage: str, step: str, table: pa.Table, error: BaseException) -> RuntimeError:
+    """The exception a Spark task raises: the marker and what the driver needs, as JSON."""
+    row, uid = failing_uid(table, error)
+    payload = {"stage": stage, "step": step, "cause": describe_exception(error), "uid": uid,
+               "row_error": isinstance(error, RowError)}
+    return RuntimeError(MARKER + json.dumps(payload))
+
+
+def spark_failure(error: BaseException, shards: list[Shard]) -> StageError | None:
+    """The StageError behind a Spark job failure raised by ``marked``, with the uid's shard and row."""
+    found = _MARKED.search(str(error))
+    if found is None:
+        return None
+    payload = json.loads(found.group(1))
+    source, row = locate_uid(shards, payload["uid"]) if payload.get("uid") else (None, None)
+    if not payload.get("row_error"):
+        return StageError(payload["stage"], f"the batch starting at row {row} of {source}" if source else None,
+                          payload["cause"], step=payload["step"])
+    return StageError(payload["stage"], source, payload["cause"], row=row, uid=payload["uid"], step=payload["step"])
+
+
+def locate_uid(shards: list[Shard], uid: str) -> tuple[str | None, int | None]:
+    """The pool shard and row holding ``uid`` (a scan of uid columns; error path only)."""
+    for shard in shards:
+        uids = read_shard(shard.path, ["uid"]).column("uid")
+        index = pc.index(uids, uid).as_py()
+        if index >= 0:
+            return str(shard.path), index
+    return None, None
