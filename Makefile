@@ -15,7 +15,7 @@ SET    ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
 SPARK_ENV := SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$(abspath $(BIN))/python PYSPARK_DRIVER_PYTHON=$(abspath $(BIN))/python
 
-.PHONY: help venv demo test test-fast ingest import-datacomp demo-pool basic laion2b align embed train-dfn metaclip score text_based image_based cluster semdedup dbp metadata text-based-metadata filter subset reshard run spark-run bench clean
+.PHONY: help venv demo test lint golden test-fast ingest import-datacomp demo-pool basic laion2b align embed train-dfn metaclip score text_based image_based cluster semdedup dbp metadata text-based-metadata filter subset reshard run spark-run bench clean
 
 help:            ## list the targets
 	@grep -E '^[a-z][a-z0-9 -]*:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -32,8 +32,16 @@ venv: $(STAMP)   ## create the local virtual environment (.venv) with everything
 demo: $(STAMP)   ## the main job end to end on the built-in demo pool -> out/demo
 	$(BIN)/curate demo --out $(OUT) --engine $(ENGINE) --recipe $(RECIPE) $(SETARGS)
 
-test: $(STAMP)   ## the whole test suite (what CI runs)
+test: lint      ## lint, layer contracts and the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)   ## ruff and the import-linter layer contracts (pyproject.toml)
+	$(BIN)/ruff check curate jobs tests bench metadata
+	$(BIN)/lint-imports
+
+golden: $(STAMP)  ## rewrite tests/golden/*.npy from the current code (review the diff before committing)
+	rm -rf build/golden
+	$(BIN)/python -m tests.golden_runs build/golden --write tests/golden
 
 test-fast: $(STAMP)  ## tests without Spark and slow ones
 	$(BIN)/python -m pytest -q -m "not spark and not slow"

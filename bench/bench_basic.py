@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from curate import pipeline
-from curate.recipe import parse_recipe
 from curate.demo.synthetic import write_datacomp_pool
+from curate.recipe import parse_recipe
 
 
 def reference_basic(texts, widths, heights) -> np.ndarray:

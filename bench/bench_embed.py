@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.stages import embed
-from curate.models import clip as models
 from curate.demo.pool import make_demo_pool
+from curate.models import clip as models
+from curate.stages import embed
 
 SAMPLES = {"curate-tiny-vit": 2048, "ViT-B-32": 192}
 

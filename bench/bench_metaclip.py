@@ -37,9 +37,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import pipeline
-from curate.stages.metaclip import DEFAULT_METADATA, keep_probability, sampling_probabilities
 from curate.kernels.metaclip_match import Matcher, load_metadata
 from curate.recipe import parse_recipe
+from curate.stages.metaclip import DEFAULT_METADATA, keep_probability, sampling_probabilities
 from curate.uid import derive_uid, uid_uniform
 
 VOCABULARY = 50_000

@@ -140,6 +140,7 @@ def phase(name: str, run: Path) -> dict:
     import polars as pl
 
     from curate.reports import html as h
+    from curate.reports.samples import samples_section
     from curate.reports.summary import build_report, decisions
     from curate.runio import read_json
 
@@ -162,7 +163,7 @@ def phase(name: str, run: Path) -> dict:
         steps = [("funnel", lambda: h._funnel(report, table, list(report["stages"]))),
                   ("scores", lambda: h._scores(report, run, pool)), ("metaclip", lambda: h._metaclip(report, run)),
                   ("clusters", lambda: h._clusters(run)),
-                  ("samples", lambda: h._samples(table, list(report["stages"]), run, pool))]
+                  ("samples", lambda: samples_section(table, list(report["stages"]), run, pool))]
         for step, function in steps:
             begin = time.perf_counter()
             function()

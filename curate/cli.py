@@ -14,9 +14,10 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from curate.engines import ENGINES, open_session
 from curate.errors import CurateError
@@ -147,9 +148,19 @@ def _train_defaults() -> dict[str, Any]:
     return {"epochs": TrainSettings.epochs, "batch_size": TrainSettings.batch_size, "lr": TrainSettings.lr}
 
 
-def commands() -> dict[str, Command]:
-    train = _train_defaults()
-    table = {
+RESHARD = Command("write a run's selected samples as webdataset tar shards", (
+    arg("run_dir", type=Path, help="run directory (its subset.npy or subset/), or a subset .npy"),
+    arg("--pool", type=Path, default=None, help="pool with image bytes (default: from RUN_DIR/_run.json)"),
+    arg("--out", type=Path, required=True, help="directory for {:08d}.tar shards; re-running resumes"),
+    arg("--shard-size", type=int, default=10000, help="samples per shard; default %(default)s"),
+    arg("--shuffle", action="store_true", help="order by a hash of (uid, seed), not the pool's order"),
+    arg("--seed", type=int, default=0),
+    arg("--blur-faces", action="store_true", help="blur the face_bboxes boxes (DataComp pools)")),
+    run_reshard, engine=True)
+
+
+def pipeline_commands() -> dict[str, Command]:
+    return {
         "run": Command("run a recipe: every stage, the subset, subset.npy and report.json",
                        (arg("recipe", type=Path, help="recipe YAML, e.g. jobs/recipes/demo.yaml"), POOL, OUT, SET),
                        run_recipe_command, engine=True),
@@ -158,6 +169,16 @@ def commands() -> dict[str, Command]:
             arg("--select", required=True, help="boolean expression, e.g. \"basic_keep AND align_keep\""),
             arg("--stages", nargs="*", default=None, help="stages to join (default: all complete ones)")),
             run_subset_command, engine=True),
+        "demo": Command("the whole demo: generate, serve, ingest, run the demo recipe", (
+            arg("--out", type=Path, default=Path("out/demo")), arg("--n", type=int, default=3000),
+            arg("--recipe", type=Path, default=DEFAULT_RECIPE), SET), run_demo, engine=True),
+        "reshard": RESHARD,
+    }
+
+
+def pool_commands() -> dict[str, Command]:
+    train = _train_defaults()
+    return {
         "ingest": Command("download a URL list with img2dataset into a parquet pool", (
             arg("url_list", type=Path, help="parquet, csv or tsv with url and caption columns"),
             arg("--out", type=Path, required=True, help="pool directory to write"),
@@ -174,9 +195,6 @@ def commands() -> dict[str, Command]:
         "demo-pool": Command("generate the synthetic demo pool with known defects", (
             arg("--out", type=Path, required=True), arg("--n", type=int, default=3000),
             arg("--seed", type=int, default=0)), run_demo_pool),
-        "demo": Command("the whole demo: generate, serve, ingest, run the demo recipe", (
-            arg("--out", type=Path, default=Path("out/demo")), arg("--n", type=int, default=3000),
-            arg("--recipe", type=Path, default=DEFAULT_RECIPE), SET), run_demo, engine=True),
         "train-dfn": Command("train a data filtering network (open_clip_train) on a trusted set", (
             arg("--trusted", type=Path, required=True, help="trusted pool (parquet with jpg, text) or .tar shards"),
             arg("--out", type=Path, required=True, help="writes OUT/dfn.pt (embed: pretrained=OUT/dfn.pt), OUT/dfn.json"),
@@ -186,6 +204,11 @@ def commands() -> dict[str, Command]:
             arg("--batch-size", type=int, default=train["batch_size"], help="default %(default)s"),
             arg("--lr", type=float, default=train["lr"], help="peak learning rate, cosine schedule; default %(default)s"),
             arg("--device", default="auto", help="auto (cuda when visible), cpu or cuda")), run_train_dfn),
+    }
+
+
+def report_commands() -> dict[str, Command]:
+    return {
         "report": Command("print the summary of a run directory's report.json; write report.html", (
             arg("run_dir", type=Path),
             arg("--no-html", action="store_true", help="only print the summary; skip RUN_DIR/report.html"),
@@ -194,16 +217,12 @@ def commands() -> dict[str, Command]:
             arg("run_dir", type=Path),
             arg("--pool", type=Path, default=None, help="pool directory (default: from RUN_DIR/_run.json)"),
             arg("--concepts", type=Path, default=None, help="concept list, e.g. ImageNet class names")), run_concepts),
-        "reshard": Command("write a run's selected samples as webdataset tar shards", (
-            arg("run_dir", type=Path, help="run directory (its subset.npy or subset/), or a subset .npy"),
-            arg("--pool", type=Path, default=None, help="pool with image bytes (default: from RUN_DIR/_run.json)"),
-            arg("--out", type=Path, required=True, help="directory for {:08d}.tar shards; re-running resumes"),
-            arg("--shard-size", type=int, default=10000, help="samples per shard; default %(default)s"),
-            arg("--shuffle", action="store_true", help="order by a hash of (uid, seed), not the pool's order"),
-            arg("--seed", type=int, default=0),
-            arg("--blur-faces", action="store_true", help="blur the face_bboxes boxes (DataComp pools)")),
-            run_reshard, engine=True),
     }
+
+
+def commands() -> dict[str, Command]:
+    """Every `curate` subcommand: the pipeline, pool and report commands, and one per stage."""
+    table = {**pipeline_commands(), **pool_commands(), **report_commands()}
     for name in STAGE_MODULES:
         table[name] = Command(f"run the {name} stage alone (adds its columns under OUT/{name}/)",
                               (POOL, OUT, arg("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -53,7 +53,7 @@ class Progress:
         elif self.total and time.monotonic() - self.started >= interval():
             log.info("%s", self.line(time.monotonic()))
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -13,12 +13,13 @@ partitioning or the number of workers.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from curate.runio import atomic_path
 
 UID_PATTERN = "^[0-9a-f]{32}$"
 SUBSET_DTYPE = np.dtype("u8,u8")  # DataComp's resharder accepts exactly this dtype
@@ -85,11 +86,8 @@ def write_datacomp_subset(pairs: np.ndarray, path: str | Path) -> int:
     Repeated uids are kept (DataComp reads a repeat as "use this sample twice").
     """
     pairs = np.sort(np.asarray(pairs, dtype=SUBSET_DTYPE), order=["f0", "f1"])
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, pairs)
-    os.replace(tmp, path)
     return len(pairs)
 
 

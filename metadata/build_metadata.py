@@ -30,8 +30,8 @@ import re
 import tarfile
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 POS_FILES = ("noun", "verb", "adj", "adv")
 ADJ_MARKER = re.compile(r"\((?:a|p|ip)\)$")  # syntactic markers on adjective lemmas in data.adj

@@ -8,10 +8,10 @@ import random
 import pyarrow as pa
 import pytest
 
-from curate.stages.align import STAGE, AlignConfig
-from curate.kernels.rules import text_keys
 from curate.contract import make_config
 from curate.errors import RecipeError
+from curate.kernels.rules import text_keys
+from curate.stages.align import STAGE, AlignConfig
 from tests.helpers import fit_in_memory
 
 TEN = "a photo of a red dog on the beach"      # appears exactly 10 times: kept

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import pipeline
-from curate.steps.datacomp import import_datacomp
+from curate.demo.synthetic import write_datacomp_pool
 from curate.models.langid import fasttext_model_path
 from curate.recipe import load_recipe
-from curate.demo.synthetic import write_datacomp_pool
 from curate.stages.text_based import DEFAULT_TABLE
+from curate.steps.datacomp import import_datacomp
 from curate.uid import uid_pairs, uid_uniform
 
 CLUSTERS = 12

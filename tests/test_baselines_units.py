@@ -5,12 +5,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate.kernels.embeddings import encode
-from curate.kernels import kmeans
-from curate.stages.image_based import (ImageBasedConfig, apply as image_apply, fasttext_token_counts, fit_clusters,
-                                       training_sample)
 from curate.errors import RecipeError
-from curate.stages.text_based import DEFAULT_TABLE, TextBasedConfig, apply as text_apply, load_table, matching_synset
+from curate.kernels import kmeans
+from curate.kernels.embeddings import encode
+from curate.stages.image_based import ImageBasedConfig, fasttext_token_counts, fit_clusters, training_sample
+from curate.stages.image_based import apply as image_apply
+from curate.stages.text_based import DEFAULT_TABLE, TextBasedConfig, load_table, matching_synset
+from curate.stages.text_based import apply as text_apply
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate.stages.basic import STAGE, BasicConfig
-from curate.kernels.rules import char_lengths, decide, size_checks, word_counts
 from curate.contract import make_config
 from curate.errors import RecipeError
+from curate.kernels.rules import char_lengths, decide, size_checks, word_counts
+from curate.stages.basic import STAGE, BasicConfig
 
 ENGLISH = "a photo of a red dog on the beach"
 

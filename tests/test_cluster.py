@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from curate.errors import StageError
 from curate.kernels import kmeans
-from curate.kernels.vectors import unit_vectors
 from curate.kernels.embeddings import encode
+from curate.kernels.vectors import unit_vectors
 from tests.helpers import planted_embeddings, run, table, write_embedding_pool
-
-
-
-
-
-
-
-
 
 
 def test_unit_vectors_flag_bad_rows_and_normalise():

@@ -10,13 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.kernels.embeddings import decode
-
-from curate.steps.datacomp import import_datacomp
-from curate.pool import POOL_INFO
-from curate.errors import PoolError
-from curate.uid import malformed_uid_rows
 from curate.demo.synthetic import write_datacomp_pool
+from curate.errors import PoolError
+from curate.kernels.embeddings import decode
+from curate.pool import POOL_INFO
+from curate.steps.datacomp import import_datacomp
+from curate.uid import malformed_uid_rows
 
 DIMS = {"b32": 512, "l14": 768}
 

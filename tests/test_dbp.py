@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate.stages import dbp
-from curate.kernels import kmeans
-from curate.stages.dbp import DbpConfig
-from curate.kernels.embeddings import encode
 from curate.errors import RecipeError
+from curate.kernels import kmeans
+from curate.kernels.embeddings import encode
+from curate.stages import dbp
+from curate.stages.dbp import DbpConfig
 from tests.helpers import planted_embeddings, run, table, write_embedding_pool
 
 

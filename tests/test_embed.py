@@ -18,13 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.stages import embed
-from curate.models import clip as models
 from curate import pipeline
+from curate.errors import RecipeError
 from curate.kernels.embeddings import decode
+from curate.models import clip as models
 from curate.recipe import parse_recipe
 from curate.runio import read_manifest
-from curate.errors import RecipeError
+from curate.stages import embed
 from tests.helpers import bad_rows, embed_config, embed_table, good_rows, write_image_pool
 
 BIN = Path(sys.executable).parent

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from curate.cli import main
-from curate.reports.html import THUMB_PX, thumbnail, write_html_report
+from curate.reports.html import write_html_report
+from curate.reports.samples import THUMB_PX, thumbnail
 from curate.runio import read_json
 from tests.helpers import jpeg, make_small_run
 

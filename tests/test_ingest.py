@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate.steps import ingest as ingest_module
 from curate.demo.server import serve
-from curate.steps.ingest import POOL_SCHEMA, ingest, raw_files, read_url_list
-from curate.pool import POOL_INFO, scan_shards
 from curate.errors import PoolError
+from curate.pool import POOL_INFO, scan_shards
+from curate.steps import ingest as ingest_module
+from curate.steps.ingest import POOL_SCHEMA, ingest, raw_files, read_url_list
 from curate.uid import derive_uid
 
 pytestmark = pytest.mark.filterwarnings("ignore:.imghdr. is deprecated:DeprecationWarning")

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate.stages.laion2b import STAGE, Laion2bConfig
 from curate.contract import make_config
 from curate.errors import RecipeError
+from curate.stages.laion2b import STAGE, Laion2bConfig
 
 ENGLISH = "The quick brown fox jumps over the lazy dog near the river bank"
 GERMAN = "Der schnelle braune Fuchs springt über den faulen Hund am Flussufer"

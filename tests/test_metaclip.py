@@ -13,11 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import pipeline
-from curate.stages.metaclip import STAGE, MetaclipConfig, keep_probability, sampling_probabilities
-from curate.stages.metaclip_match import STAGE as MATCH, MetaclipMatchConfig
-from curate.recipe import parse_recipe
 from curate.contract import make_config
 from curate.errors import RecipeError
+from curate.recipe import parse_recipe
+from curate.stages.metaclip import STAGE, MetaclipConfig, keep_probability, sampling_probabilities
+from curate.stages.metaclip_match import STAGE as MATCH
+from curate.stages.metaclip_match import MetaclipMatchConfig
 from curate.uid import derive_uid
 from tests.helpers import fit_in_memory, write_pool
 

@@ -102,7 +102,7 @@ def _fake_sources(tmp_path: Path) -> tuple[Path, Path]:
             member.size = len(payload)
             tar.addfile(member, io.BytesIO(payload))
     counts = tmp_path / "word_frequencies.gz"
-    counts.write_bytes(gzip.compress("the;500\n;400\nu.s;300\nfrank;200\nrun;150\nrare;99\n".encode()))
+    counts.write_bytes(gzip.compress(b"the;500\n;400\nu.s;300\nfrank;200\nrun;150\nrare;99\n"))
     return archive, counts
 
 

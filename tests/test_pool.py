@@ -2,8 +2,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.pool import check_unique_uids, list_shards, read_shard, scan_shards
 from curate.errors import PoolError
+from curate.pool import check_unique_uids, list_shards, read_shard, scan_shards
 from tests.helpers import write_pool
 
 

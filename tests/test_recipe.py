@@ -1,9 +1,8 @@
+import pyarrow as pa
 import pytest
 
-from curate.recipe import load_recipe, parse_recipe
 from curate.errors import RecipeError
-import pyarrow as pa
-
+from curate.recipe import load_recipe, parse_recipe
 from curate.selection import parse_select
 from curate.steps.subset import check_select
 

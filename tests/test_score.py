@@ -9,14 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import pipeline
-from curate.steps.datacomp import import_datacomp
+from curate.demo.synthetic import write_datacomp_pool
+from curate.errors import RecipeError
 from curate.kernels.embeddings import decode, encode
-from curate.recipe import parse_recipe
 from curate.kernels.quantile import key_value, order_keys
 from curate.stages.score import STAGE, ScoreConfig, apply, choose_bucket
+from curate.steps.datacomp import import_datacomp
 from tests.helpers import config, fit_in_memory
-from curate.errors import RecipeError
-from curate.demo.synthetic import write_datacomp_pool
 
 
 def numpy_keep(values: np.ndarray, fraction: float) -> np.ndarray:
@@ -40,18 +39,24 @@ def fit_and_apply(values: np.ndarray, fraction: float, batches: int = 3) -> np.n
     return apply(table, cfg, artifact).column("score_keep").to_numpy(zero_copy_only=False)
 
 
+def draw(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
+    if kind == "normal":
+        return rng.normal(0.2, 0.1, n)
+    if kind == "ties":
+        return rng.integers(-3, 4, n) / 4  # many ties, 0.0 included
+    if kind == "specials":
+        return rng.choice([0.0, -0.0, 1e-45, -1e-45, np.inf, -np.inf, 0.25, 3.4e38], n)
+    if kind == "narrow":
+        return 0.3 + rng.integers(0, 5, n) * np.finfo(np.float32).eps  # neighbours in one bucket
+    return np.where(rng.random(n) < 0.3, np.nan, rng.normal(0, 1, n))
+
+
 @pytest.mark.parametrize("kind", ["normal", "ties", "specials", "narrow", "nan"])
 def test_fraction_threshold_equals_a_numpy_sort(kind):
     rng = np.random.default_rng(["normal", "ties", "specials", "narrow", "nan"].index(kind))
     for _ in range(40):
         n = int(rng.integers(0, 300))
-        values = {
-            "normal": lambda: rng.normal(0.2, 0.1, n),
-            "ties": lambda: rng.integers(-3, 4, n) / 4,  # many ties, 0.0 included
-            "specials": lambda: rng.choice([0.0, -0.0, 1e-45, -1e-45, np.inf, -np.inf, 0.25, 3.4e38], n),
-            "narrow": lambda: 0.3 + rng.integers(0, 5, n) * np.finfo(np.float32).eps,  # neighbours in one bucket
-            "nan": lambda: np.where(rng.random(n) < 0.3, np.nan, rng.normal(0, 1, n)),
-        }[kind]().astype(np.float32)
+        values = draw(kind, rng, n).astype(np.float32)
         for fraction in (0.0, 0.1, 0.3, 0.5, 0.9, 1.0, float(rng.random())):
             assert np.array_equal(fit_and_apply(values, fraction), numpy_keep(values, fraction)), (kind, n, fraction)
 

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.stages import semdedup
 from curate.kernels.embeddings import encode
+from curate.stages import semdedup
 from curate.stages.semdedup import SemDedupConfig
 from tests.helpers import planted_embeddings, run, table, write_embedding_pool
 

@@ -7,8 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import pipeline
-from curate.errors import PoolError
-from curate.errors import RecipeError
+from curate.errors import PoolError, RecipeError
 from curate.steps.train_dfn import TrainSettings, train_dfn
 from tests.helpers import bad_rows, embed_config, embed_table, good_rows, write_image_pool
 

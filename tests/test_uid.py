@@ -2,8 +2,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate.uid import (SUBSET_DTYPE, derive_uid, malformed_uid_rows, pairs_to_uids, uid_pairs,
-                        uid_uniform, write_datacomp_subset)
+from curate.uid import (
+    SUBSET_DTYPE,
+    derive_uid,
+    malformed_uid_rows,
+    pairs_to_uids,
+    uid_pairs,
+    uid_uniform,
+    write_datacomp_subset,
+)
 
 
 def test_uid_pairs_split_the_hex_in_two_halves():

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,9 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.demo import captions
-from curate.demo import draw
+from curate.demo import captions, draw
 from curate.errors import RecipeError
+from curate.runio import atomic_write_table
 from curate.uid import derive_uid
 
 log = logging.getLogger(__name__)
@@ -211,13 +210,6 @@ class _PoolBuilder:
         return hashlib.sha256(data).hexdigest()
 
 
-def _write_parquet_atomic(rows: list[dict], schema: pa.Schema, path: Path) -> None:
-    table = pa.Table.from_pylist(rows, schema=schema)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 def make_demo_pool(out_dir: Path, n: int = 3000, seed: int = 0, clean_only: bool = False) -> dict:
     """Write images/, urls.parquet and ground_truth.parquet under `out_dir`; return a summary.
 
@@ -232,8 +224,8 @@ def make_demo_pool(out_dir: Path, n: int = 3000, seed: int = 0, clean_only: bool
     for index, (defect, concept) in enumerate(zip(plan_defects(n, seed, clean_only), plan_concepts(n, seed))):
         builder.add(index, defect, concept)
     urls_path, truth_path = out_dir / "urls.parquet", out_dir / "ground_truth.parquet"
-    _write_parquet_atomic(builder.urls, URL_SCHEMA, urls_path)
-    _write_parquet_atomic(builder.truth, TRUTH_SCHEMA, truth_path)
+    atomic_write_table(pa.Table.from_pylist(builder.urls, schema=URL_SCHEMA), urls_path)
+    atomic_write_table(pa.Table.from_pylist(builder.truth, schema=TRUTH_SCHEMA), truth_path)
     log.info("demo pool: %d samples (seed %d) in %s, %.1f s", n, seed, out_dir, time.perf_counter() - started)
     return {"n": n, "seed": seed, "out_dir": str(out_dir), "images": str(out_dir / "images"),
             "urls": str(urls_path), "ground_truth": str(truth_path),

@@ -27,14 +27,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.engines import Session
 from curate.demo.pool import make_demo_pool, materialize_urls
 from curate.demo.server import serve
-from curate.steps.ingest import ingest
+from curate.engines import Session
 from curate.pipeline import run_recipe
 from curate.recipe import load_recipe
 from curate.reports.summary import GROUND_TRUTH
 from curate.runio import atomic_write_json, atomic_write_table, read_json
+from curate.steps.ingest import ingest
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.runio import atomic_write_table
+from curate.runio import atomic_path, atomic_write_table
 
 log = logging.getLogger(__name__)
 
@@ -205,10 +205,5 @@ def _normalise(matrix: np.ndarray) -> None:
 
 
 def _save_npz(arrays: dict[str, np.ndarray], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)

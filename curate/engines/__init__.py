@@ -9,10 +9,11 @@ decide the same way lives in ``curate.engines.plan``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from curate.contract import Stage
 from curate.engines.workers import WorkerPool

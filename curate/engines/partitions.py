@@ -33,7 +33,7 @@ class Partition:
     stage_dir: Path
 
     @classmethod
-    def of(cls, plan: planning.Plan, shard: Shard) -> "Partition":
+    def of(cls, plan: planning.Plan, shard: Shard) -> Partition:
         return cls(plan.stage, plan.cfg, shard, plan.sources, plan.source_dirs, plan.stage_dir)
 
     def inputs(self) -> pa.Table:

@@ -29,10 +29,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.pool import Shard, shard_columns
-from curate.runio import MANIFEST, atomic_write_table, read_manifest
 from curate.contract import Pass, Stage, config_dict
 from curate.errors import RecipeError
+from curate.pool import Shard, shard_columns
+from curate.runio import MANIFEST, atomic_write_table, read_manifest
 
 log = logging.getLogger(__name__)
 

@@ -18,17 +18,18 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.contract import Stage
 from curate.engines import plan as planning
 from curate.engines.failures import local_failures, marked, spark_failure
 from curate.pool import Shard, scan_shards
 from curate.runio import read_manifest, write_manifest
-from curate.contract import Stage
 
 log = logging.getLogger(__name__)
 

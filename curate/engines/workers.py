@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Executor, ProcessPoolExecutor, wait
-from typing import Any, Callable
+from typing import Any
 
 from curate.progress import Progress
 
@@ -50,7 +51,7 @@ class WorkerPool:
             self._executor.shutdown(cancel_futures=True)
             self._executor = None
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> WorkerPool:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -86,10 +86,14 @@ def unit_centroids(centroids: np.ndarray) -> np.ndarray:
 
 
 def fit_clusters(vectors: np.ndarray, clusters: int, *, iterations: int, seed: int, max_points_per_centroid: int,
-                 stage: str) -> np.ndarray:
-    """Spherical k-means unit centroids of unit rows; k above the sample size is lowered (logged)."""
+                 stage: str, rows: int) -> np.ndarray:
+    """Spherical k-means unit centroids of unit rows; k above the sample size is lowered (logged).
+    An empty pool (``rows`` 0) has no centroids; rows without one usable embedding are an error."""
+    if len(vectors) == 0 and rows == 0:
+        log.warning("%s: the pool has no rows; no clusters", stage)
+        return np.zeros((0, max(1, vectors.shape[1] if vectors.ndim == 2 else 1)), dtype=np.float32)  # Arrow: size >= 1
     if len(vectors) == 0:
-        raise ValueError(f"{stage}: no usable embeddings to cluster (all rows null, non-finite or zero-norm)")
+        raise ValueError(f"{stage}: no usable embeddings to cluster among {rows} rows (all null, non-finite or zero-norm)")
     if len(vectors) < clusters:
         log.warning("%s: %d training embeddings for %d clusters; using k = %d", stage, len(vectors), clusters,
                     len(vectors))

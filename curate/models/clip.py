@@ -26,10 +26,11 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from curate.errors import ModelError
 from curate.fingerprint import file_sha256

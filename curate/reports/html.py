@@ -18,36 +18,23 @@ shard at a time; image bytes are read only for the rows picked.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import html
-import io
 import logging
-import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
-from PIL import Image
 
 from curate.errors import PoolError
 from curate.pool import list_shards, shard_columns
+from curate.reports import page
+from curate.reports.samples import samples_section
 from curate.reports.summary import decisions
-from curate.runio import read_json
+from curate.runio import atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
 REPORT_HTML = "report.html"
-PER_GROUP = 4          # sample cards per (stage, group)
-THUMB_PX = 96          # thumbnails fit in a THUMB_PX square
-CAPTION_CHARS = 160    # longer captions are cut on the page
 BINS = 50
-STYLE = """body{font:14px sans-serif;margin:2em;max-width:1200px;color:#222}h2{border-bottom:1px solid #ccc}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}
-td.n{text-align:right}.cards{display:flex;flex-wrap:wrap;gap:8px}
-.card{width:180px;border:1px solid #ddd;padding:4px;font-size:12px}.card img{display:block;margin:auto}
-.kept{background:#eef8ee}.removed{background:#fbeeee}.note{color:#a33}code{background:#f4f4f4}"""
 
 
 def write_html_report(run_dir: Path, pool_dir: Path | None = None) -> Path:
@@ -60,43 +47,13 @@ def write_html_report(run_dir: Path, pool_dir: Path | None = None) -> Path:
     stage_names = list(report["stages"])
     table = decisions(pool_dir, run_dir, stage_names)
     sections = [_header(report, run_dir), _funnel(report, table, stage_names), _scores(report, run_dir, pool_dir),
-                _metaclip(report, run_dir), _clusters(run_dir), _samples(table, stage_names, run_dir, pool_dir)]
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>curate report: {_esc(run_dir.name)}"
-            f"</title><style>{STYLE}</style></head><body>{''.join(s for s in sections if s)}</body></html>")
+                _metaclip(report, run_dir), _clusters(run_dir), samples_section(table, stage_names, run_dir, pool_dir)]
+    document = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>curate report: {page.esc(run_dir.name)}"
+                f"</title><style>{page.STYLE}</style></head><body>{''.join(s for s in sections if s)}</body></html>")
     path = run_dir / REPORT_HTML
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    log.info("wrote %s (%d KB)", path, len(page) // 1024)
+    atomic_write_text(document, path)
+    log.info("wrote %s (%d KB)", path, len(document) // 1024)
     return path
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _figure_html(figure, alt: str) -> str:
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=90)
-    data = base64.b64encode(buffer.getvalue()).decode()
-    return f"<p><img class='figure' alt='{_esc(alt)}' src='data:image/png;base64,{data}'></p>"
-
-
-def _subplots(*args, **kwargs):
-    """A figure and its axes without pyplot: no global state, no backend switch (PNG through Agg)."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=kwargs.pop("figsize"))
-    return figure, figure.subplots(*args, **kwargs)
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    cells = ["".join(f"<td class='n'>{v}</td>" if isinstance(v, (int, float)) else f"<td>{_esc(v or '')}</td>"
-                     for v in row) for row in rows]
-    body = "".join(f"<tr>{row}</tr>" for row in cells)
-    return f"<table>{f'<tr>{head}</tr>' if any(header) else ''}{body}</table>"
 
 
 def _header(report: dict, run_dir: Path) -> str:
@@ -104,7 +61,7 @@ def _header(report: dict, run_dir: Path) -> str:
     facts = [["run directory", str(run_dir)], ["pool", report.get("pool")], ["recipe", recipe.get("name")],
              ["engine", report.get("engine")], ["select", report.get("select")],
              ["rows in", report["rows_in"]], ["rows out", report["rows_out"]]]
-    return "<h1>Curation report</h1>" + _table(["", ""], facts)
+    return "<h1>Curation report</h1>" + page.table(["", ""], facts)
 
 
 def _funnel(report: dict, table: pl.DataFrame, stage_names: list[str]) -> str:
@@ -118,7 +75,7 @@ def _funnel(report: dict, table: pl.DataFrame, stage_names: list[str]) -> str:
     steps.append(("selected", report["rows_out"]))
     removals = [(f"{name}: {reason}", n, f"C{index}") for index, (name, info) in enumerate(report["stages"].items())
                 for reason, n in info["by_reason"].items()]
-    figure, (left, right) = _subplots(1, 2, figsize=(11, 0.35 * max(len(steps), len(removals)) + 1.5))
+    figure, (left, right) = page.subplots(1, 2, figsize=(11, 0.35 * max(len(steps), len(removals)) + 1.5))
     left.barh([s for s, _ in steps][::-1], [n for _, n in steps][::-1], color="#4a7")
     left.set_title("rows left (stages ANDed in recipe order)")
     for label, n, color in removals[::-1]:
@@ -130,8 +87,8 @@ def _funnel(report: dict, table: pl.DataFrame, stage_names: list[str]) -> str:
              truth.get(name, {}).get("precision"), truth.get(name, {}).get("recall")]
             for name, info in report["stages"].items()]
     header = ["stage", "removed", "removed by this stage only", "by reason", "precision (ground truth)", "recall"]
-    return ("<h2>Funnel</h2>" + _figure_html(figure, "funnel") + _table(["step", "rows left"], steps)
-            + _table(header, rows))
+    return ("<h2>Funnel</h2>" + page.figure_html(figure, "funnel") + page.table(["step", "rows left"], steps)
+            + page.table(header, rows))
 
 
 def _score_sources(report: dict, run_dir: Path, pool_dir: Path) -> list[tuple[str, list[Path], str, float]]:
@@ -168,10 +125,10 @@ def _scores(report: dict, run_dir: Path, pool_dir: Path) -> str:
     for stage, files, column, threshold in _score_sources(report, run_dir, pool_dir):
         result = histogram(files, column)
         if result is None:
-            parts.append(f"<p class='note'>{_esc(stage)}: no finite <code>{_esc(column)}</code> value.</p>")
+            parts.append(f"<p class='note'>{page.esc(stage)}: no finite <code>{page.esc(column)}</code> value.</p>")
             continue
         counts, edges, missing = result
-        figure, axes = _subplots(figsize=(7, 3.2))
+        figure, axes = page.subplots(figsize=(7, 3.2))
         axes.stairs(counts, edges, fill=True, color="#48c")
         if threshold is not None and np.isfinite(threshold):
             axes.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:.4g}")
@@ -179,8 +136,8 @@ def _scores(report: dict, run_dir: Path, pool_dir: Path) -> str:
         axes.set_xlabel(column)
         axes.set_ylabel("rows")
         axes.set_title(f"{stage}: {column}")
-        parts.append(_figure_html(figure, f"{stage} {column} histogram")
-                     + f"<p>{missing} row(s) without a finite {_esc(column)}.</p>")
+        parts.append(page.figure_html(figure, f"{stage} {column} histogram")
+                     + f"<p>{missing} row(s) without a finite {page.esc(column)}.</p>")
     return "<h2>Scores</h2>" + "".join(parts) if parts else ""
 
 
@@ -191,7 +148,7 @@ def _metaclip(report: dict, run_dir: Path) -> str:
     counts = pl.read_parquet(path, columns=["count_pool", "count_balanced"]).filter(pl.col("count_pool") > 0)
     counts = counts.sort("count_pool", descending=True, maintain_order=True)
     rank = np.arange(1, counts.height + 1)
-    figure, axes = _subplots(figsize=(7, 4))
+    figure, axes = page.subplots(figsize=(7, 4))
     axes.loglog(rank, counts["count_pool"].to_numpy(), label="pool (before balancing)")
     axes.loglog(rank, np.maximum(counts["count_balanced"].to_numpy(), 0.8), ".", ms=2, label="after balancing")
     t = (report.get("metaclip") or {}).get("t")
@@ -200,7 +157,7 @@ def _metaclip(report: dict, run_dir: Path) -> str:
     axes.set_xlabel("entry rank by pool count")
     axes.set_ylabel("texts matching the entry")
     axes.legend()
-    return "<h2>MetaCLIP entry counts (head / tail)</h2>" + _figure_html(figure, "metaclip head/tail")
+    return "<h2>MetaCLIP entry counts (head / tail)</h2>" + page.figure_html(figure, "metaclip head/tail")
 
 
 def cluster_sizes(run_dir: Path) -> dict[str, np.ndarray]:
@@ -224,7 +181,7 @@ def _clusters(run_dir: Path) -> str:
     sizes = cluster_sizes(run_dir)
     if not sizes:
         return ""
-    figure, axes = _subplots(figsize=(7, 4))
+    figure, axes = page.subplots(figsize=(7, 4))
     for name, values in sizes.items():
         axes.plot(np.arange(1, len(values) + 1), values, label=name, marker="." if len(values) <= 100 else None)
     axes.set_xlabel("cluster rank by size")
@@ -233,84 +190,7 @@ def _clusters(run_dir: Path) -> str:
     axes.set_yscale("log" if largest > 100 * max(smallest, 1) else "linear")
     axes.legend()
     rows = [[name, len(v), int(v.sum()), int(v.min()), int(np.median(v)), int(v.max())] for name, v in sizes.items()]
-    return ("<h2>Cluster sizes before / after pruning</h2>" + _figure_html(figure, "cluster sizes")
-            + _table(["series", "clusters", "members", "min", "median", "max"], rows))
+    return ("<h2>Cluster sizes before / after pruning</h2>" + page.figure_html(figure, "cluster sizes")
+            + page.table(["series", "clusters", "members", "min", "median", "max"], rows))
 
 
-def pick_samples(table: pl.DataFrame, stage_names: list[str], per_group: int = PER_GROUP) -> pl.DataFrame:
-    """stage, group (kept / reason / selected), uid: per group, the per_group lowest ranks, where a
-    rank is the uid's first 60 bits XOR a key of the stage (uids are hashes: a different
-    pseudo-random order per stage, the same on every run; 20x cheaper than uid_uniform)."""
-    prefix = table.select(pl.col("uid").str.slice(0, 15).str.to_integer(base=16, strict=False).cast(pl.Int64))
-    frames, prefix = [], prefix.to_series().to_numpy()
-    for name in [*stage_names, "subset"]:
-        if name == "subset":
-            group = pl.when(pl.col("selected")).then(pl.lit("selected")).otherwise(pl.lit("not selected"))
-        else:
-            keep, reason = pl.col(f"{name}_keep").fill_null(False), f"{name}_reason"
-            fallback = pl.col(reason).fill_null("removed") if reason in table.columns else pl.lit("removed")
-            group = pl.when(keep).then(pl.lit("kept")).otherwise(fallback)
-        key = int.from_bytes(hashlib.blake2b(f"report:{name}".encode(), digest_size=7).digest(), "little")
-        ranked = table.select("uid", group.alias("group")).with_columns(rank=prefix ^ np.int64(key))
-        picked = ranked.group_by("group").agg(pl.col("uid").sort_by("rank", "uid").head(per_group))
-        picked = picked.sort(pl.col("group").is_in(["kept", "selected"]).not_(), "group")
-        frames.append(picked.explode("uid").with_columns(stage=pl.lit(name)))
-    return pl.concat(frames).select("stage", "group", "uid")
-
-
-def sample_rows(pool_dir: Path, run_dir: Path, uids: list[str]) -> tuple[pl.DataFrame, bool]:
-    """Pool columns (text, jpg, status, score columns) of just these uids, one shard at a time;
-    and whether the pool has image bytes."""
-    shards = list_shards(pool_dir)
-    available = shard_columns(shards[0])
-    wanted = [c for c in available if c in ("uid", "text", "jpg", "status") or c.endswith("similarity_score")]
-    frames = [pl.scan_parquet(str(shard)).select(wanted).filter(pl.col("uid").is_in(uids)).collect()
-              for shard in shards]
-    rows = pl.concat(frames, how="vertical_relaxed")
-    if (run_dir / "score" / "_manifest.json").exists():
-        scores = pl.scan_parquet(str(run_dir / "score" / "part-*.parquet")).select("uid", "score_clip")
-        rows = rows.join(scores.filter(pl.col("uid").is_in(uids)).collect(), on="uid", how="left")
-    return rows, "jpg" in available
-
-
-def thumbnail(data: bytes | None) -> str | None:
-    """A base64 JPEG of the image fitted in THUMB_PX; None when missing or undecodable."""
-    if not data:
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image = image.convert("RGB")
-            image.thumbnail((THUMB_PX, THUMB_PX))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=80)
-    except Exception:  # corrupt or truncated bytes: PIL raises several types
-        return None
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _card(row: dict[str, Any], group: str, images: bool) -> str:
-    text = row.get("text") or ""
-    caption = _esc(text[:CAPTION_CHARS] + ("…" if len(text) > CAPTION_CHARS else ""))
-    scores = " ".join(f"{k} {v:.3f}" if v == v else f"{k} n/a" for k, v in row.items()
-                      if (k == "score_clip" or k.endswith("similarity_score")) and isinstance(v, float))
-    picture = ""
-    if images:
-        data = thumbnail(row.get("jpg"))
-        picture = (f"<img class='thumb' alt='{_esc(row['uid'])}' src='data:image/jpeg;base64,{data}'>" if data
-                   else f"<div class='note'>no image ({_esc(row.get('status') or 'undecodable')})</div>")
-    css = "kept" if group in ("kept", "selected") else "removed"
-    return (f"<div class='card {css}'>{picture}<div>{caption}</div>"
-            f"<div><code>{_esc(row['uid'][:12])}</code> {_esc(scores)}</div></div>")
-
-
-def _samples(table: pl.DataFrame, stage_names: list[str], run_dir: Path, pool_dir: Path) -> str:
-    picked = pick_samples(table, stage_names)
-    rows, images = sample_rows(pool_dir, run_dir, picked["uid"].unique().to_list())
-    by_uid = {row["uid"]: row for row in rows.iter_rows(named=True)}
-    parts = ["<h2>Samples per stage and reason</h2>",
-             "" if images else "<p class='note'>The pool has no image bytes (no <code>jpg</code> column): "
-                               "captions only.</p>"]
-    for (stage, group), members in picked.group_by(["stage", "group"], maintain_order=True):
-        cards = "".join(_card(by_uid[uid], group, images) for uid in members["uid"] if uid in by_uid)
-        parts.append(f"<h3>{_esc(stage)}: {_esc(group)}</h3><div class='cards'>{cards}</div>")
-    return "".join(parts)

@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.kernels.rules import decide, is_null, size_checks, text_keys, word_counts
 from curate.contract import Fit, Pass, Stage
+from curate.kernels.rules import decide, is_null, size_checks, text_keys, word_counts
 
 COUNT_SCHEMA = pa.schema([("text_key", pa.int64()), ("n_texts", pa.int64())])
 

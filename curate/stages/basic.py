@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from curate.models.langid import fasttext_top1
-from curate.kernels.rules import char_lengths, decide, is_null, size_checks, word_counts
 from curate.contract import Stage
+from curate.kernels.rules import char_lengths, decide, is_null, size_checks, word_counts
+from curate.models.langid import fasttext_top1
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,7 +36,7 @@ from curate.kernels import kmeans
 from curate.kernels.embeddings import MODALITIES, vector_names, vector_specs
 from curate.kernels.vectors import unit_vectors
 
-COUNT_SCHEMA = pa.schema([("rows", pa.int64())])
+COUNT_SCHEMA = pa.schema([("rows", pa.int64()), ("usable", pa.int64())])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,13 +62,14 @@ def unit_rows(table: pa.Table, cfg: ClusterConfig) -> tuple[np.ndarray, np.ndarr
 
 
 def count_usable(table: pa.Table, cfg: ClusterConfig, previous: None) -> pa.Table:
-    """Pass ``count``: rows with a usable embedding."""
+    """Pass ``count``: rows, and rows with a usable embedding."""
     usable = unit_rows(table, cfg)[1] == None if table.num_rows else np.zeros(0, bool)  # noqa: E711
-    return pa.table({"rows": [int(usable.sum())]}, schema=COUNT_SCHEMA)
+    return pa.table({"rows": [table.num_rows], "usable": [int(usable.sum())]}, schema=COUNT_SCHEMA)
 
 
 def usable_rows(merged: pa.Table, cfg: ClusterConfig, previous: None) -> pa.Table:
-    return pa.table({"usable_rows": [int(merged.column("rows")[0].as_py() or 0) if merged.num_rows else 0]})
+    sums = merged.to_pylist()[0] if merged.num_rows else {}
+    return pa.table({"usable_rows": [int(sums.get("usable") or 0)], "rows": [int(sums.get("rows") or 0)]})
 
 
 def sample_partial(table: pa.Table, cfg: ClusterConfig, previous: pa.Table) -> pa.Table:
@@ -85,7 +86,8 @@ def train_centroids(merged: pa.Table, cfg: ClusterConfig, previous: pa.Table) ->
     """Finalize ``sample``: spherical k-means of the uid-sorted sample; the centroids are the artifact."""
     vectors = kmeans.sample_vectors(merged, len(vector_names(cfg.embeddings, cfg.modality)))
     centroids = kmeans.fit_clusters(vectors, cfg.clusters, iterations=cfg.iterations, seed=cfg.seed,
-                                    max_points_per_centroid=cfg.max_points_per_centroid, stage="cluster")
+                                    max_points_per_centroid=cfg.max_points_per_centroid, stage="cluster",
+                                    rows=previous.column("rows")[0].as_py())
     return pa.table({"centroid_id": pa.array(np.arange(len(centroids)), pa.int32()),
                      "centroid": kmeans.centroid_column(centroids),
                      "usable_rows": pa.array(np.full(len(centroids), previous.column("usable_rows")[0].as_py()),

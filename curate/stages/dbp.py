@@ -42,7 +42,7 @@ from curate.kernels.vectors import unit_vectors
 log = logging.getLogger(__name__)
 
 FIXED_POINT = float(2 ** 30)
-COUNT_SCHEMA = pa.schema([("rows", pa.int64())])
+COUNT_SCHEMA = pa.schema([("rows", pa.int64()), ("usable", pa.int64())])
 SUMS_SCHEMA = pa.schema([("cluster", pa.int32()), ("rows", pa.int64()), ("distance", pa.int64())])
 
 
@@ -77,11 +77,13 @@ def candidates(table: pa.Table, cfg: DbpConfig) -> tuple[np.ndarray, np.ndarray,
 
 def count_candidates(table: pa.Table, cfg: DbpConfig, previous: None) -> pa.Table:
     """Pass ``count``: the deduplicated rows with a usable embedding."""
-    return pa.table({"rows": [int(candidates(table, cfg)[2].sum()) if table.num_rows else 0]}, schema=COUNT_SCHEMA)
+    usable = int(candidates(table, cfg)[2].sum()) if table.num_rows else 0
+    return pa.table({"rows": [table.num_rows], "usable": [usable]}, schema=COUNT_SCHEMA)
 
 
 def candidate_total(merged: pa.Table, cfg: DbpConfig, previous: None) -> pa.Table:
-    return pa.table({"usable_rows": [int(merged.column("rows")[0].as_py() or 0) if merged.num_rows else 0]})
+    sums = merged.to_pylist()[0] if merged.num_rows else {}
+    return pa.table({"usable_rows": [int(sums.get("usable") or 0)], "rows": [int(sums.get("rows") or 0)]})
 
 
 def sample_partial(table: pa.Table, cfg: DbpConfig, previous: pa.Table) -> pa.Table:
@@ -97,7 +99,8 @@ def sample_partial(table: pa.Table, cfg: DbpConfig, previous: pa.Table) -> pa.Ta
 def train_centroids(merged: pa.Table, cfg: DbpConfig, previous: pa.Table) -> pa.Table:
     vectors = kmeans.sample_vectors(merged, len(vector_names(cfg.embeddings, cfg.modality)))
     centroids = kmeans.fit_clusters(vectors, cfg.clusters, iterations=cfg.iterations, seed=cfg.seed,
-                                    max_points_per_centroid=cfg.max_points_per_centroid, stage="dbp")
+                                    max_points_per_centroid=cfg.max_points_per_centroid, stage="dbp",
+                                    rows=previous.column("rows")[0].as_py())
     total = previous.column("usable_rows")[0].as_py()
     return pa.table({"centroid_id": pa.array(np.arange(len(centroids)), pa.int32()),
                      "centroid": kmeans.centroid_column(centroids), "usable_rows": np.full(len(centroids), total)})
@@ -119,7 +122,7 @@ def distance_sums(table: pa.Table, cfg: DbpConfig, previous: pa.Table) -> pa.Tab
 
 def cluster_quotas(merged: pa.Table, cfg: DbpConfig, previous: pa.Table) -> pa.Table:
     """Finalize ``distances``: the per-cluster table with complexities and quotas."""
-    total = previous.column("usable_rows")[0].as_py()
+    total = previous.column("usable_rows")[0].as_py() if previous.num_rows else 0
     per_cluster = merged.sort_by("cluster")
     sizes = np.zeros(previous.num_rows, dtype=np.int64)
     distance = np.zeros(previous.num_rows, dtype=np.int64)
@@ -130,6 +133,12 @@ def cluster_quotas(merged: pa.Table, cfg: DbpConfig, previous: pa.Table) -> pa.T
 
 def cluster_table(previous: pa.Table, sizes: np.ndarray, distance: np.ndarray, target: int, cfg: DbpConfig) -> pa.Table:
     centroids = kmeans.centroid_matrix(previous).astype(np.float64)
+    if len(centroids) == 0:  # an empty pool: no clusters, nothing to keep
+        return pa.table({"centroid_id": previous.column("centroid_id"), "centroid": previous.column("centroid"),
+                         **{name: pa.array([], pa.float64()) for name in ("d_intra", "d_inter", "complexity", "share")},
+                         "size": pa.array([], pa.int64()), "quota": pa.array([], pa.int64()),
+                         "target": pa.array([], pa.int64())}).select(
+            ["centroid_id", "centroid", "size", "d_intra", "d_inter", "complexity", "share", "quota", "target"])
     with np.errstate(invalid="ignore", divide="ignore"):
         d_intra = distance / FIXED_POINT / sizes
     d_inter = inter_distances(centroids, cfg.neighbours)

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from curate.models.langid import cld3_language
-from curate.kernels.rules import Check, decide, float_values, is_null
 from curate.contract import Stage
+from curate.kernels.rules import Check, decide, float_values, is_null
+from curate.models.langid import cld3_language
 
 
 @dataclass(frozen=True, kw_only=True)

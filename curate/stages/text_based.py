@@ -44,11 +44,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate.models.langid import fasttext_top1
-from curate.resources import metadata_path, missing_metadata
-from curate.kernels.rules import decide, is_null
 from curate.contract import Stage
 from curate.errors import RecipeError
+from curate.kernels.rules import decide, is_null
+from curate.models.langid import fasttext_top1
+from curate.resources import metadata_path, missing_metadata
 
 DEFAULT_TABLE = metadata_path("text_based.json.gz")
 PARTS_OF_SPEECH = ("n", "v", "a", "r")  # nltk's POS_LIST order

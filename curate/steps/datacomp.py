@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from curate.errors import PoolError
 from curate.kernels.embeddings import EMBEDDINGS_DIR, encode
 from curate.pool import POOL_INFO, check_unique_uids, list_shards, parquet_file, read_shard
-from curate.errors import PoolError
 from curate.runio import atomic_write_json, atomic_write_table, is_done, mark_done, write_manifest
 
 log = logging.getLogger(__name__)

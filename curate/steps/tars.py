@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import math
-import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import ReshardError
-from curate.runio import atomic_write_json
+from curate.runio import atomic_path, atomic_write_json
 from curate.uid import uid_pairs
 
 log = logging.getLogger(__name__)
@@ -51,8 +50,7 @@ def write_shard(rows: pa.Table, shard: int, spec: Any, sample_column: str) -> di
     stats: dict[str, Any] = {"shard": shard, "count": rows.num_rows, "successes": 0, "failures": {}, "failed_uids": [],
                              "blurred": 0, "bytes": 0, "uids": []}
     path = out / f"{shard:08d}.tar"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb", buffering=1 << 20) as archive:
+    with atomic_path(path) as tmp, open(tmp, "wb", buffering=1 << 20) as archive:
         for index in range(rows.num_rows):
             image, reason = _image(columns, index, cfg)
             uid = columns["uid"][index]
@@ -71,7 +69,6 @@ def write_shard(rows: pa.Table, shard: int, spec: Any, sample_column: str) -> di
             stats["uids"].append(uid)
         archive.write(bytes(2 * tarfile.BLOCKSIZE))  # the end-of-archive marker, then pad as tarfile does
         archive.write(bytes(-archive.tell() % tarfile.RECORDSIZE))
-    os.replace(tmp, path)
     stats["bytes"] = path.stat().st_size
     atomic_write_json(stats, out / f"{shard:08d}_stats.json")
     return stats

@@ -36,11 +36,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from curate.models import clip as models
-from curate.kernels.images import open_image
-from curate.pool import list_shards, read_shard
 from curate.errors import PoolError, TrainingError
-from curate.runio import atomic_write_json, read_json
+from curate.kernels.images import open_image
+from curate.models import clip as models
+from curate.pool import list_shards, read_shard
+from curate.runio import atomic_path, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +222,8 @@ def save_checkpoint(trainer_checkpoint: Path, target: Path) -> None:
         raise TrainingError(f"open_clip_train wrote no final checkpoint {trainer_checkpoint}")
     state = torch.load(trainer_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     state = {key.removeprefix("module."): value for key, value in state.items()}
-    tmp = target.with_name(f".{target.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        torch.save(state, tmp)
 
 
 def trainer_main(argv: list[str]) -> None:

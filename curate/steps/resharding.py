@@ -1,0 +1,108 @@
+"""How each engine writes reshard's output shards (curate.steps.reshard has the plan and the rules).
+
+Local: a worker pool over output shards. In pool order an output shard's samples come from a few
+neighbouring pool shards, which its task reads (a worker keeps the last one). Shuffled, every
+output shard draws from every pool shard: each pool shard's selected rows are first scattered, in
+output order, to an Arrow file (threads: Arrow releases the GIL) that tasks read slices of.
+
+Spark: the plan (a parquet file) joined with the pool by uid; one applyInArrow call per output shard.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.engines.workers import WorkerPool
+from curate.pool import Shard, read_shard
+from curate.progress import Progress
+from curate.runio import atomic_write_ipc
+from curate.steps.tars import write_shard
+
+log = logging.getLogger(__name__)
+
+SAMPLE, SHARD, POOL_SHARD, POOL_ROW, COPY = "_sample", "_shard", "_pool_shard", "_pool_row", "_copy"
+WORK = "_work"
+
+
+def run_local(plan: pa.Table, shards: list[Shard], spec, workers: WorkerPool) -> None:
+    scatter_dir = Path(spec.out) / WORK / "scatter"
+    scatter_dir.mkdir(parents=True, exist_ok=True)
+    pool_shard, scatter, sources = plan.column(POOL_SHARD).to_numpy(), [], {}
+    for shard in shards:
+        piece = plan.filter(pa.array(pool_shard == shard.index)).sort_by([(SHARD, "ascending"), (SAMPLE, "ascending")])
+        target = scatter_dir / f"{shard.part}.arrow" if spec.cfg.shuffle else shard.path
+        if spec.cfg.shuffle and piece.num_rows:
+            scatter.append((shard.path, piece, spec.pool_columns, target))
+        out_shards = piece.column(SHARD).to_numpy()
+        for number in np.unique(out_shards):
+            start, stop = np.searchsorted(out_shards, [number, number + 1])
+            rows = None if spec.cfg.shuffle else piece.slice(start, stop - start)
+            sources.setdefault(int(number), []).append((target, rows, start, stop))
+    with ThreadPoolExecutor(workers.workers) as executor, Progress("reshard scatter", len(scatter)) as progress:
+        for _ in executor.map(_scatter, scatter):
+            progress.update()
+    workers.map(_gather, [(number, sources[number], spec) for number in sorted(sources)], "reshard", unit="shard")
+    _LAST_READ.clear()
+
+
+_LAST_READ: dict[tuple, pa.Table] = {}  # per worker process: the pool shard read last
+
+
+def _pool_rows(path: Path, piece: pa.Table, columns: tuple[str, ...], *, keep: bool) -> pa.Table:
+    """The plan rows ``piece`` of pool shard ``path`` with the pool's ``columns`` appended."""
+    key = (str(path), path.stat().st_mtime_ns, columns)
+    table = _LAST_READ[key] if key in _LAST_READ else read_shard(path, list(columns))
+    if keep and key not in _LAST_READ:
+        _LAST_READ.clear()
+        _LAST_READ[key] = table
+    table = table.take(piece.column(POOL_ROW))
+    for name in columns:
+        piece = piece.append_column(table.schema.field(name), table.column(name))
+    return piece
+
+
+def _scatter(task: tuple) -> int:
+    path, piece, columns, target = task
+    piece = _pool_rows(path, piece, columns, keep=False)
+    atomic_write_ipc(piece, target)
+    return piece.num_rows
+
+
+def _gather(task: tuple) -> dict:
+    number, sources, spec = task
+    pieces = [_pool_rows(path, rows, spec.pool_columns, keep=True) if rows is not None else
+              pa.ipc.open_file(pa.memory_map(str(path))).read_all().slice(start, stop - start)
+              for path, rows, start, stop in sources]
+    rows = pa.concat_tables(pieces, promote_options="permissive")
+    if (np.diff(rows.column(SAMPLE).to_numpy()) < 0).any():  # shuffled: pieces interleave
+        rows = rows.sort_by(SAMPLE)
+    return write_shard(rows, number, spec, SAMPLE)
+
+
+def run_spark(plan: pa.Table, shards: list[Shard], spec, spark) -> None:
+    from curate.engines import spark as spark_engine
+
+    plan_path = Path(spec.out) / WORK / "plan.parquet"
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(plan.drop_columns([POOL_SHARD, POOL_ROW, COPY]), plan_path)
+    pool = spark_engine.read_pool(spark, shards, ["uid", *spec.pool_columns])
+    joined = spark.read.parquet(str(plan_path)).join(pool, on="uid", how="inner")
+    written = joined.groupBy(SHARD).applyInArrow(group_writer(spec), f"{SHARD} long, successes long").collect()
+    log.info("reshard: Spark wrote %d shard(s)", len(written))
+
+
+def group_writer(spec):
+    """applyInArrow function: write one output shard from its rows (a plain function: Spark reads
+    its signature and type hints)."""
+    def write_group(rows: pa.Table) -> pa.Table:
+        number = rows.column(SHARD)[0].as_py()
+        stats = write_shard(rows.sort_by(SAMPLE), number, spec, SAMPLE)
+        return pa.table({SHARD: pa.array([number], pa.int64()), "successes": pa.array([stats["successes"]], pa.int64())})
+
+    return write_group
