@@ -15,7 +15,7 @@ SET    ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
 SPARK_ENV := SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$(abspath $(BIN))/python PYSPARK_DRIVER_PYTHON=$(abspath $(BIN))/python
 
-.PHONY: help venv demo test lint golden test-fast ingest import-datacomp demo-pool basic laion2b align embed train-dfn metaclip score text_based image_based cluster semdedup dbp metadata text-based-metadata filter subset reshard run spark-run bench clean
+.PHONY: help venv demo test lint golden test-fast ingest import-datacomp demo-pool basic laion2b align embed train-dfn metaclip_match metaclip score text_based image_based cluster semdedup dbp metadata text-based-metadata filter subset reshard run spark-run bench clean
 
 help:            ## list the targets
 	@grep -E '^[a-z][a-z0-9 -]*:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -55,7 +55,7 @@ ingest: $(STAMP)  ## download URLS (parquet/csv/tsv: url, caption) with img2data
 import-datacomp: $(STAMP)  ## import a DataComp pool (parquet + npz) from SRC into POOL
 	$(BIN)/curate import-datacomp --src $(SRC) --out $(POOL)
 
-basic laion2b align metaclip score text_based image_based: $(STAMP)  ## run one filter stage on POOL into OUT (e.g. make basic)
+basic laion2b align metaclip_match metaclip score text_based image_based: $(STAMP)  ## run one filter stage on POOL into OUT (e.g. make basic)
 	$(BIN)/curate $@ --pool $(POOL) --out $(OUT) --engine $(ENGINE) $(SETARGS)
 
 cluster semdedup dbp: $(STAMP)  ## SemDeDup / DBP stages (need embeddings; e.g. make dbp SET=keep_fraction=0.5)

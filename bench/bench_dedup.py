@@ -104,7 +104,7 @@ def subset_comparison(pool: Path, out: Path, rows: int, eps: float) -> dict:
     costs are not the method's); the references decode and normalise the cluster's rows in
     dedup order, then apply the rule."""
     from curate.stages import semdedup
-    from curate.stages.cluster import unit_rows
+    from curate.kernels.vectors import unit_vectors
 
     clusters = pq.read_table(sorted((out / "cluster").glob("part-*.parquet")))
     emb = pq.read_table(sorted((pool / "embeddings" / "b32").glob("part-*.parquet")), columns=["image_emb"])
@@ -128,7 +128,7 @@ def subset_comparison(pool: Path, out: Path, rows: int, eps: float) -> dict:
         positions = where[order]
         for name, function in (("dense", dense_reference), ("loop", loop_reference)):
             started = time.perf_counter()
-            vectors, _ = unit_rows(members.take(order), "b32", "image")
+            vectors, _ = unit_vectors([members.take(order).column("image_emb")])
             keep[name][positions] = function(vectors, eps)
             timings[name] += time.perf_counter() - started
     ours, ours_seconds = keep["ours"], timings["ours"]

@@ -101,7 +101,7 @@ def where_time_goes(loaded: models.LoadedModel, table: pa.Table, cfg: embed.Embe
 def bench_model(name: str, n: int, rounds: int, cfg: embed.EmbedConfig) -> dict:
     cfg = dataclasses.replace(cfg, model=name)
     table = demo_table(n)
-    loaded = models.load_model(name, None, "cpu")
+    loaded = models.load_model(name, models.RANDOM, "cpu")
     transform = embed.pixel_transform(loaded.preprocess)
     pixels = [embed.prepare_image(item, transform, cfg)[0] for item in table.column("jpg").to_pylist()]
     tokens = loaded.tokenizer(table.column("text").to_pylist())
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--decode-threads", type=int, default=0)
     args = parser.parse_args()
     models.import_torch()
-    cfg = embed.EmbedConfig(batch_size=args.batch_size, threads=args.threads, decode_threads=args.decode_threads)
+    cfg = embed.EmbedConfig(pretrained="random", batch_size=args.batch_size, threads=args.threads, decode_threads=args.decode_threads)
     report = {name: bench_model(name, args.samples or SAMPLES.get(name, 256), args.rounds, cfg) for name in args.models}
     print(json.dumps(report, indent=2))
 

@@ -9,8 +9,9 @@ Measured side by side, one core unless said otherwise:
 - matching: curate (curate.kernels.metaclip_match) on all N captions, vs (a) a naive per-entry
   substring loop of the same rule on a small sample and (b) iterating a prebuilt
   pyahocorasick automaton in Python per caption on a larger sample; match sets must be equal;
-- engines: the whole metaclip stage (fit: match + count; apply: match again + balance +
-  write) on the local engine and on Spark local[CORES]: captions/s per core, same decisions;
+- engines: a recipe's metaclip (the metaclip_match stage: match + write; then metaclip: count
+  over the matches + balance + write) on the local engine and on Spark local[CORES]: captions/s
+  per core, same decisions;
 - balancing 10M samples (counts, p, keep probability, uid uniform, decision; in batches of 1M
   as the engines do) and building a 5M-entry list: seconds and the peak memory they add, each
   in a fresh process.
@@ -37,7 +38,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import pipeline
-from curate.kernels.metaclip_match import Matcher, load_metadata
+from curate.kernels.metaclip_match import Matcher
+from curate.resources import load_metadata
 from curate.recipe import parse_recipe
 from curate.stages.metaclip import DEFAULT_METADATA, keep_probability, sampling_probabilities
 from curate.uid import derive_uid, uid_uniform
@@ -134,7 +136,7 @@ def write_pool(directory: Path, captions: pa.Array, shards: int) -> Path:
 
 
 def run_engine(engine: str, pool: Path, out: Path, metadata: Path, cores: int) -> tuple[pa.Table, float]:
-    cfg = parse_recipe({"stages": {"metaclip": {"metadata": str(metadata)}}, "select": "true"}, "b").stages[0][1]
+    recipe = parse_recipe({"stages": {"metaclip": {"metadata": str(metadata)}}, "select": "true"}, "b")
     spark = None
     if engine == "spark":
         from curate.engines.spark import get_spark
@@ -142,11 +144,14 @@ def run_engine(engine: str, pool: Path, out: Path, metadata: Path, cores: int) -
         spark = get_spark(f"local[{cores}]")
         spark.range(1).count()  # start the JVM outside the timing
     started = time.perf_counter()
-    pipeline.run_stage("metaclip", cfg, pool, out, engine=engine, workers=cores, spark=spark)
+    for stage, cfg in recipe.stages:  # metaclip_match (per row), then metaclip (counts, balance)
+        pipeline.run_stage(stage, cfg, pool, out, engine=engine, workers=cores, spark=spark)
     seconds = time.perf_counter() - started
     if spark is not None:
         spark.stop()
-    return pq.read_table(sorted((out / "metaclip").glob("part-*.parquet"))).sort_by("uid"), seconds
+    matches = pq.read_table(sorted((out / "metaclip_match").glob("part-*.parquet"))).sort_by("uid")
+    decisions = pq.read_table(sorted((out / "metaclip").glob("part-*.parquet"))).sort_by("uid")
+    return decisions.add_column(1, "metaclip_entries", matches.column("metaclip_entries")), seconds
 
 
 def lean_inputs(samples: int, rng: np.random.Generator) -> tuple[pa.Array, pa.Array]:

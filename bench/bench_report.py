@@ -141,7 +141,8 @@ def phase(name: str, run: Path) -> dict:
 
     from curate.reports import html as h
     from curate.reports.samples import samples_section
-    from curate.reports.summary import build_report, decisions
+    from curate.reports.decisions import decisions
+    from curate.reports.summary import build_report
     from curate.runio import read_json
 
     started, info = time.perf_counter(), {}

@@ -21,6 +21,7 @@ from typing import Any
 
 from curate.engines import ENGINES, open_session
 from curate.errors import CurateError
+from curate.outputs import claim_run_dir, directory_lock
 from curate.stages import STAGE_MODULES
 
 log = logging.getLogger("curate")
@@ -54,7 +55,8 @@ def run_recipe_command(args: argparse.Namespace) -> None:
     from curate import pipeline
     from curate.recipe import load_recipe
 
-    pipeline.run_recipe(load_recipe(args.recipe, args.set), args.pool, args.out, session=args.session)
+    pipeline.run_recipe(load_recipe(args.recipe, args.set), args.pool, args.out, session=args.session,
+                        strict=args.strict)
 
 
 def run_stage_command(args: argparse.Namespace) -> None:
@@ -64,12 +66,13 @@ def run_stage_command(args: argparse.Namespace) -> None:
     overrides = [f"{args.command}.{item}" for item in args.set]
     recipe = parse_recipe({"stages": {args.command: {}}, "select": "true"}, args.command, overrides,
                           where="command line")
-    args.out.mkdir(parents=True, exist_ok=True)
-    pipeline.check_pool(args.pool, args.out)
-    pipeline.preflight(recipe, args.pool)
-    for stage, cfg in recipe.stages:  # with the stages it needs first (e.g. metaclip's matching)
-        manifest = args.session.run_stage(stage, cfg, args.pool, args.out)
-        log.info("%s: %s rows written to %s", stage.name, manifest.get("rows"), args.out / stage.name)
+    with directory_lock(args.out):
+        claim_run_dir(args.out)
+        pipeline.check_pool(args.pool, args.out)
+        pipeline.preflight(recipe, args.pool)
+        for stage, cfg in recipe.stages:  # with the stages it needs first (e.g. metaclip's matching)
+            manifest = pipeline.run_stage(stage, cfg, args.pool, args.out, session=args.session)
+            log.info("%s: %s rows written to %s", stage.name, manifest.get("rows"), args.out / stage.name)
 
 
 def run_subset_command(args: argparse.Namespace) -> None:
@@ -86,14 +89,15 @@ def run_ingest(args: argparse.Namespace) -> None:
 
     result = ingest(args.url_list, args.out, url_col=args.url_col, caption_col=args.caption_col,
                     processes=args.processes, threads=args.threads, resize_mode=args.resize_mode,
-                    image_size=args.image_size, timeout=args.timeout, retries=args.retries, shard_size=args.shard_size)
+                    image_size=args.image_size, timeout=args.timeout, retries=args.retries, shard_size=args.shard_size,
+                    overwrite=args.overwrite)
     print(json.dumps(result, indent=2, default=str))
 
 
 def run_import(args: argparse.Namespace) -> None:
     from curate.steps.datacomp import import_datacomp
 
-    print(json.dumps(import_datacomp(args.src, args.out), indent=2, default=str))
+    print(json.dumps(import_datacomp(args.src, args.out, overwrite=args.overwrite), indent=2, default=str))
 
 
 def run_demo_pool(args: argparse.Namespace) -> None:
@@ -162,7 +166,9 @@ RESHARD = Command("write a run's selected samples as webdataset tar shards", (
 def pipeline_commands() -> dict[str, Command]:
     return {
         "run": Command("run a recipe: every stage, the subset, subset.npy and report.json",
-                       (arg("recipe", type=Path, help="recipe YAML, e.g. jobs/recipes/demo.yaml"), POOL, OUT, SET),
+                       (arg("recipe", type=Path, help="recipe YAML, e.g. jobs/recipes/web_default.yaml"), POOL, OUT, SET,
+                        arg("--strict", action="store_true", help="stop (exit 2) when a stage removes more than the "
+                            "recipe's max_removed_share (default 0.9) of the pool, or the select keeps nothing")),
                        run_recipe_command, engine=True),
         "subset": Command("select rows from stage columns; write subset/ and subset.npy", (
             POOL, arg("--out", type=Path, required=True, help="run directory holding the stage outputs"),
@@ -188,10 +194,13 @@ def pool_commands() -> dict[str, Command]:
             arg("--image-size", type=int, default=512),
             arg("--timeout", type=float, default=10.0, help="seconds per download"),
             arg("--retries", type=int, default=0),
-            arg("--shard-size", type=int, default=10000, help="samples per pool shard")), run_ingest),
+            arg("--shard-size", type=int, default=10000, help="samples per pool shard"),
+            arg("--overwrite", action="store_true", help="replace a pool curate wrote there from another URL list")),
+            run_ingest),
         "import-datacomp": Command("import a DataComp pool (parquet + npz) with its embeddings",
-                                   (arg("--src", type=Path, required=True), arg("--out", type=Path, required=True)),
-                                   run_import),
+                                   (arg("--src", type=Path, required=True), arg("--out", type=Path, required=True),
+                                    arg("--overwrite", action="store_true",
+                                        help="replace an import of other source files")), run_import),
         "demo-pool": Command("generate the synthetic demo pool with known defects", (
             arg("--out", type=Path, required=True), arg("--n", type=int, default=3000),
             arg("--seed", type=int, default=0)), run_demo_pool),

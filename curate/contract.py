@@ -117,6 +117,18 @@ class Stage:
         return result.select(step.schema.names).cast(step.schema)
 
 
+def file_field(default: Any = None) -> Any:
+    """A config field naming a file the stage reads (a metadata list, target embeddings, a table):
+    the file's content is part of the stage's fingerprint (curate.fingerprint)."""
+    return dataclasses.field(default=default, metadata={"file": True})
+
+
+def config_files(cfg: Any) -> dict[str, str]:
+    """The config's ``file_field`` values that are set: field name -> the path as given."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.metadata.get("file") and getattr(cfg, f.name) is not None}
+
+
 def make_config(cls: type, values: dict[str, Any], where: str) -> Any:
     """Build a stage config from recipe values; unknown keys and wrong types are errors."""
     if not isinstance(values, dict):

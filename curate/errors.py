@@ -12,6 +12,8 @@ prints its message on one line and exits 2 (``--debug`` shows the traceback).
   shard it was working on and, where known, the row and uid.
 - ``ReshardError``: input the resharder cannot use.
 - ``TrainingError``: open_clip's trainer failed (the tail of its log is in the message).
+- ``SafeguardError``: under ``--strict``, a stage that removes more than the recipe's
+  ``max_removed_share`` of the pool, or a select that keeps nothing.
 - ``RunDirError``: an output directory curate cannot use (someone else's files, a symlink, another
   run holding it).
 """
@@ -45,6 +47,10 @@ class RunDirError(CurateError):
 
 class TrainingError(CurateError):
     """A training run (open_clip_train) failed; the message ends with the tail of its log."""
+
+
+class SafeguardError(CurateError):
+    """A run that would remove nearly everything, refused under --strict (the warnings say why)."""
 
 
 class RowError(CurateError, ValueError):

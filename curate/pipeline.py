@@ -15,8 +15,11 @@ from typing import Any
 
 from curate.contract import Stage
 from curate.engines import Session, open_session
+from curate.outputs import claim_run_dir, directory_lock
 from curate.pool import check_pool_schema, check_unique_uids, scan_shards
 from curate.recipe import Recipe
+from curate.errors import SafeguardError
+from curate.reports.decisions import stage_removals
 from curate.reports.summary import build_report, summary
 from curate.runio import atomic_write_json, read_json
 from curate.stages import get_stage
@@ -41,10 +44,12 @@ def check_pool(pool_dir: Path, out_dir: Path) -> int:
 def run_stage(stage: Stage | str, cfg: Any, pool_dir: Path, out_dir: Path, *, engine: str = "local",
               workers: int | None = None, spark=None, session: Session | None = None) -> dict:
     stage = get_stage(stage) if isinstance(stage, str) else stage
-    if session is not None:
+    if session is None:
+        with open_session(engine, workers=workers, spark=spark) as opened:
+            return run_stage(stage, cfg, pool_dir, out_dir, session=opened)
+    with directory_lock(out_dir):
+        claim_run_dir(Path(out_dir))
         return session.run_stage(stage, cfg, pool_dir, out_dir)
-    with open_session(engine, workers=workers, spark=spark) as opened:
-        return opened.run_stage(stage, cfg, pool_dir, out_dir)
 
 
 def preflight(recipe: Recipe, pool_dir: Path) -> None:
@@ -59,23 +64,53 @@ def preflight(recipe: Recipe, pool_dir: Path) -> None:
 
 def run_recipe(recipe: Recipe, pool_dir: Path, out_dir: Path, *, engine: str = "local",
                workers: int | None = None, master: str | None = None, spark=None,
-               session: Session | None = None) -> dict:
+               session: Session | None = None, strict: bool = False) -> dict:
+    """Run every stage, the subset and the report. ``strict``: a safeguard warning (a stage
+    removing more than ``recipe.max_removed_share`` of the pool, a select keeping nothing) is an
+    error (SafeguardError) instead."""
     if session is None:
         with open_session(engine, workers=workers, master=master, spark=spark) as opened:
-            return run_recipe(recipe, pool_dir, out_dir, session=opened)
+            return run_recipe(recipe, pool_dir, out_dir, session=opened, strict=strict)
+    with directory_lock(out_dir):
+        return _run_recipe(recipe, Path(pool_dir), Path(out_dir), session, strict)
+
+
+def _run_recipe(recipe: Recipe, pool_dir: Path, out_dir: Path, session: Session, strict: bool) -> dict:
     started = time.perf_counter()
-    pool_dir, out_dir = Path(pool_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(out_dir)
     rows = check_pool(pool_dir, out_dir)
     preflight(recipe, pool_dir)
     log.info("pool %s: %d rows; recipe %s (%d stages) on the %s engine", pool_dir, rows, recipe.name,
              len(recipe.stages), session.engine)
     atomic_write_json({"recipe": recipe.as_dict(), "pool": str(pool_dir), "engine": session.engine},
                       out_dir / "_run.json")
-    for stage, cfg in recipe.stages:
-        session.run_stage(stage, cfg, pool_dir, out_dir)
+    for number, (stage, cfg) in enumerate(recipe.stages, start=1):
+        log.info("stage %d/%d %s: start", number, len(recipe.stages), stage.name)
+        begun = time.perf_counter()
+        manifest = session.run_stage(stage, cfg, pool_dir, out_dir)
+        stage_done(out_dir, stage.name, recipe, manifest, time.perf_counter() - begun, strict)
     subset.run_subset(pool_dir, out_dir, recipe.stage_names, recipe.select, session)
     report = build_report(pool_dir, out_dir, recipe.as_dict(), session.engine,
                           seconds=round(time.perf_counter() - started, 2))
     log.info("run finished in %.1fs\n%s", report["seconds"], summary(report))
+    if strict and report["warnings"]:
+        raise SafeguardError("; ".join(w["message"] for w in report["warnings"]) + " (--strict)")
     return report
+
+
+def stage_done(out_dir: Path, name: str, recipe: Recipe, manifest: dict, seconds: float, strict: bool) -> None:
+    """The log line after a stage (rows, seconds, removals by reason) and its safeguard: a stage
+    removing more than the recipe's max_removed_share of the pool is a warning (--strict: an error)."""
+    info = stage_removals(out_dir, name, recipe.stage_names)
+    skipped = " (complete from an earlier run)" if seconds < 0.5 and manifest.get("status") == "complete" else ""
+    if info is None:
+        log.info("%s: done in %.1fs%s: %s rows", name, seconds, skipped, manifest.get("rows"))
+        return
+    reasons = ", ".join(f"{r}={n}" for r, n in info["by_reason"].items() if r != "None") or "nothing"
+    log.info("%s: done in %.1fs%s: %d rows, removes %d (%s)", name, seconds, skipped, info["rows"], info["removed"], reasons)
+    if info["rows"] and info["removed"] > recipe.max_removed_share * info["rows"]:
+        message = (f"stage {name} removes {info['removed'] / info['rows']:.0%} of the pool ({reasons}); "
+                   f"above max_removed_share {recipe.max_removed_share:g}: check that its settings suit this pool")
+        if strict:
+            raise SafeguardError(message + " (--strict)")
+        log.warning("%s", message)

@@ -13,6 +13,7 @@ rows, so a sample is never lost to an encoding error.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,9 +62,42 @@ def shard_columns(path: Path) -> list[str]:
     return parquet_file(path).schema_arrow.names
 
 
-def scan_shards(pool_dir: str | Path) -> list[Shard]:
-    """The pool's shards with their row counts, read from parquet footers only."""
-    return [Shard(i, path, parquet_file(path).metadata.num_rows) for i, path in enumerate(list_shards(pool_dir))]
+def scan_shards(pool_dir: str | Path, *, complete: bool = True) -> list[Shard]:
+    """The pool's shards with their row counts, read from parquet footers only; with ``complete``,
+    checked against the pool manifest (``check_complete``)."""
+    shards = [Shard(i, path, parquet_file(path).metadata.num_rows) for i, path in enumerate(list_shards(pool_dir))]
+    if complete:
+        check_complete(Path(pool_dir), shards)
+    return shards
+
+
+def check_complete(pool_dir: Path, shards: list[Shard]) -> None:
+    """A pool curate wrote (ingest, import-datacomp) carries POOL_INFO, written first with status
+    "writing" and last with "complete" and its shard list: an unfinished pool, or one whose shards
+    differ from that list, is refused. A pool without POOL_INFO (made by other tools) is taken
+    as it is."""
+    path = pool_dir / POOL_INFO
+    if not path.is_file():
+        return
+    info = json.loads(path.read_text())
+    if info.get("status", "complete") != "complete":
+        raise PoolError(f"{pool_dir}: incomplete pool: `curate {info.get('command', 'ingest')}` did not finish "
+                        f"writing it ({len(shards)} shard(s) so far); re-run that command to complete it")
+    expected = info.get("shard_files")
+    if expected is None:
+        return
+    found = {shard.path.name: shard.rows for shard in shards}
+    if found != expected:
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        changed = sorted(name for name in set(found) & set(expected) if found[name] != expected[name])
+        raise PoolError(f"{pool_dir}: its shards differ from {POOL_INFO} (missing {missing[:5]}, not listed "
+                        f"{extra[:5]}, other row counts {changed[:5]}); the pool was changed after it was written")
+
+
+def pool_info(pool_dir: Path) -> dict | None:
+    path = Path(pool_dir) / POOL_INFO
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -121,7 +155,7 @@ def repair_text(table: pa.Table, path: Path) -> pa.Table:
 
 def check_unique_uids(pool_dir: str | Path) -> int:
     """Scan every shard's uid column; raise naming both places of the first duplicate uid."""
-    shards = scan_shards(pool_dir)
+    shards = scan_shards(pool_dir, complete=False)
     pairs, places = [], []
     for shard in shards:
         uids = read_shard(shard.path, ["uid"]).column("uid")

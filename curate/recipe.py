@@ -26,7 +26,8 @@ from curate.contract import Stage, config_dict, make_config
 from curate.errors import RecipeError
 from curate.stages import get_stage
 
-TOP_LEVEL_KEYS = ("description", "seed", "stages", "select")
+TOP_LEVEL_KEYS = ("description", "seed", "stages", "select", "max_removed_share", "ground_truth_targets",
+                  "random_weights")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class Recipe:
     select: str
     seed: int = 0
     description: str = ""
+    max_removed_share: float = 0.9       # a stage removing more of the pool is warned about (--strict: an error)
+    ground_truth_targets: dict | None = None  # stage -> defects it should remove (curate.reports.truth)
+    random_weights: bool = False          # consumers may use embeddings made with random weights
 
     @property
     def stage_names(self) -> list[str]:
@@ -43,6 +47,8 @@ class Recipe:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "seed": self.seed, "select": self.select,
+                "max_removed_share": self.max_removed_share, "ground_truth_targets": self.ground_truth_targets,
+                "random_weights": self.random_weights,
                 "stages": {stage.name: config_dict(cfg) for stage, cfg in self.stages}}
 
 
@@ -70,23 +76,37 @@ def parse_recipe(mapping: dict[str, Any], name: str, overrides: list[str] = (), 
     seed = mapping.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise RecipeError(f"{where}: seed must be an integer, got {seed!r}")
+    share, targets, random = (mapping.get(key, default) for key, default in
+                              (("max_removed_share", 0.9), ("ground_truth_targets", None), ("random_weights", False)))
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 < share <= 1:
+        raise RecipeError(f"{where}: max_removed_share must be a number in (0, 1], got {share!r}")
+    if targets is not None and not (isinstance(targets, dict) and all(isinstance(v, list) for v in targets.values())):
+        raise RecipeError(f"{where}: ground_truth_targets maps a stage to a list of defect names")
+    if not isinstance(random, bool):
+        raise RecipeError(f"{where}: random_weights must be true or false, got {random!r}")
+    shared = {"seed": seed, "random_weights_ok": random}
     stages: dict[str, tuple[Stage, Any]] = {}
     for stage_name, values in mapping["stages"].items():
-        stage, cfg = configured(stage_name, values, seed, f"{where}: stages.{stage_name}")
+        stage, cfg = configured(stage_name, values, shared, f"{where}: stages.{stage_name}")
         for needed, needed_values in (stage.before(cfg) if stage.before else ()):
             if needed not in stages:  # a stage the recipe lists itself keeps its own settings
-                stages[needed] = configured(needed, needed_values, seed, f"{where}: stages.{stage_name} (needs {needed})")
+                stages[needed] = configured(needed, needed_values, shared, f"{where}: stages.{stage_name} (needs {needed})")
         stages[stage_name] = (stage, cfg)
     return Recipe(name=name, stages=tuple(stages.values()), select=mapping["select"], seed=seed,
-                  description=str(mapping.get("description", "")))
+                  description=str(mapping.get("description", "")), max_removed_share=float(share),
+                  ground_truth_targets=targets, random_weights=random)
 
 
-def configured(stage_name: str, values: Any, seed: int, where: str) -> tuple[Stage, Any]:
-    """The stage and its config from recipe values; the recipe's seed unless the stage sets one."""
+def configured(stage_name: str, values: Any, shared: dict[str, Any], where: str) -> tuple[Stage, Any]:
+    """The stage and its config from recipe values; the recipe-wide settings (``seed``,
+    ``random_weights_ok``) fill the stage's fields of those names unless the stage sets them."""
     stage = get_stage(stage_name)
     values = dict(values or {}) if isinstance(values, dict) or values is None else values
-    if isinstance(values, dict) and "seed" in {f.name for f in dataclasses.fields(stage.config)}:
-        values.setdefault("seed", seed)
+    if isinstance(values, dict):
+        fields = {f.name for f in dataclasses.fields(stage.config)}
+        for key, value in shared.items():
+            if key in fields:
+                values.setdefault(key, value)
     return stage, make_config(stage.config, values, where)
 
 
@@ -101,7 +121,7 @@ def apply_overrides(mapping: dict[str, Any], overrides: list[str], where: str) -
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as error:
             raise RecipeError(f"--set {override!r}: not a plain YAML value ({str(error).splitlines()[0]})") from None
-        if key in ("select", "seed", "description"):
+        if key in ("select", "seed", "description", "max_removed_share", "random_weights"):
             mapping[key] = raw if key == "select" else value
             continue
         stage_name, dot, field = key.partition(".")

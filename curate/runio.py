@@ -22,6 +22,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.fingerprint import tail_digest
+
 MARKER_DIR = "_done"
 MANIFEST = "_manifest.json"
 _VERSIONED = ("curate", "pyarrow", "polars", "numpy", "pyspark", "img2dataset", "fasttext-predict", "cld3-py")
@@ -74,13 +76,34 @@ def marker_path(stage_dir: Path, part: str) -> Path:
 
 
 def is_done(stage_dir: Path, part: str, data_file: Path | None = None) -> bool:
-    if not marker_path(stage_dir, part).exists():
+    """The partition's marker exists and, when it records one, its data file is the one written
+    then (same size and footer digest): a truncated or replaced part is not done."""
+    marker = marker_path(stage_dir, part)
+    if not marker.exists():
         return False
-    return data_file is None or data_file.exists()
+    if data_file is None:
+        return True
+    if not data_file.is_file():
+        return False
+    stats = read_json(marker)
+    if "bytes" not in stats:
+        return True
+    size = data_file.stat().st_size
+    return size == stats["bytes"] and tail_digest(data_file, size) == stats.get("tail_sha256")
 
 
-def mark_done(stage_dir: Path, part: str, stats: dict[str, Any]) -> None:
+def mark_done(stage_dir: Path, part: str, stats: dict[str, Any], data_file: Path | None = None) -> None:
+    """Write the partition's marker (after its data); with ``data_file``, its size and footer digest."""
+    if data_file is not None:
+        size = data_file.stat().st_size
+        stats = {**stats, "bytes": size, "tail_sha256": tail_digest(data_file, size)}
     atomic_write_json(stats, marker_path(stage_dir, part))
+
+
+def damaged_parts(stage_dir: Path) -> list[str]:
+    """Parts whose marker exists but whose data file is missing, truncated or replaced."""
+    markers = sorted((stage_dir / MARKER_DIR).glob("*.json")) if (stage_dir / MARKER_DIR).exists() else []
+    return [m.stem for m in markers if not is_done(stage_dir, m.stem, stage_dir / f"{m.stem}.parquet")]
 
 
 def done_stats(stage_dir: Path) -> list[dict[str, Any]]:

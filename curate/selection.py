@@ -60,6 +60,16 @@ class Select:
         return [to_sql(part) for part in parts]
 
 
+def evaluate(frame: Any, sql: str) -> Any:
+    """The boolean value of ``sql`` per row of a polars DataFrame: NaN in a float column reads as
+    NULL while it is evaluated, and a NULL result is False (the subset step's semantics)."""
+    import polars as pl
+    import polars.selectors as cs
+
+    nulled = frame.with_columns(cs.float().fill_nan(None))
+    return nulled.with_columns(pl.sql_expr(sql).fill_null(False).alias("__curate_mask"))["__curate_mask"]
+
+
 def parse_select(text: str) -> Select:
     if not isinstance(text, str) or not text.strip():
         raise RecipeError("select must be a non-empty boolean expression, e.g. \"basic_keep AND score_keep\"")

@@ -204,7 +204,7 @@ def write_image_pool(directory: Path, shards: list[list[dict]]) -> Path:
 
 
 def embed_config(**values):
-    return config("embed", **{"batch_size": 8, **values})
+    return config("embed", **{"batch_size": 8, "pretrained": "random", **values})
 
 
 def embed_table(out: Path) -> pa.Table:

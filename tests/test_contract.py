@@ -204,7 +204,7 @@ def _everything_pool(directory: Path) -> Path:
 EVERY_STAGE = {
     "basic": {}, "laion2b": {"score_column": None}, "align": {}, "text_based": {},
     "metaclip": {"metadata": "demo_concepts.txt", "t": 5}, "score": {},
-    "embed": {"batch_size": 4}, "cluster": {"clusters": 3}, "semdedup": {"eps": 0.05},
+    "embed": {"batch_size": 4, "pretrained": "random"}, "cluster": {"clusters": 3}, "semdedup": {"eps": 0.05},
     "dbp": {"keep_fraction": 0.5, "clusters": 2, "neighbours": 1},
 }
 

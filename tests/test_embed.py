@@ -30,18 +30,6 @@ from tests.helpers import bad_rows, embed_config, embed_table, good_rows, write_
 BIN = Path(sys.executable).parent
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 @pytest.fixture(scope="module")
 def image_pool(tmp_path_factory) -> Path:
     rows = good_rows(30)
@@ -79,12 +67,12 @@ def test_embeddings_are_normalised_float16_with_a_reason_where_there_is_none(ima
 
 def test_embeddings_do_not_depend_on_partitioning_or_threads(image_pool):
     table = pq.read_table(image_pool / "00000.parquet").select(["jpg", "text"])
-    cfg = embed.EmbedConfig(batch_size=8)
+    cfg = embed.EmbedConfig(pretrained="random", batch_size=8)
     whole = embed.apply(table, cfg, None)
-    pieces = pa.concat_tables([embed.apply(table.slice(0, 5), embed.EmbedConfig(batch_size=8, threads=1), None),
-                               embed.apply(table.slice(5), embed.EmbedConfig(batch_size=8, decode_threads=3), None)])
+    pieces = pa.concat_tables([embed.apply(table.slice(0, 5), embed.EmbedConfig(pretrained="random", batch_size=8, threads=1), None),
+                               embed.apply(table.slice(5), embed.EmbedConfig(pretrained="random", batch_size=8, decode_threads=3), None)])
     assert pieces.equals(whole)  # every batch is padded to batch_size: bit-identical
-    other = embed.apply(table, embed.EmbedConfig(batch_size=3), None)
+    other = embed.apply(table, embed.EmbedConfig(pretrained="random", batch_size=3), None)
     assert np.allclose(decode(other.column("embed_image")).astype(np.float32),
                        decode(whole.column("embed_image")).astype(np.float32), atol=2e-3)
 
@@ -191,14 +179,23 @@ def test_non_finite_and_zero_outputs_get_a_reason_and_no_embedding(image_pool, t
     assert table.column("embed_text").null_count == table.num_rows
 
 
-def test_embed_then_score_refuses_another_model(image_pool, tmp_path):
+def test_random_weights_must_be_said_and_consumers_refuse_them_and_other_models(image_pool, tmp_path):
+    with pytest.raises(RecipeError, match="no weights for curate-tiny-vit: set pretrained.*pretrained: random"):
+        run_embed(image_pool, tmp_path / "unset", pretrained=None)
     out = tmp_path / "out"
-    run_embed(image_pool, out)
-    stages = {"embed": {"batch_size": 8}, "score": {"embeddings": "embed", "score_column": None, "fraction": 0.5,
-                                                    "model": "ViT-B-32"}}
+    assert run_embed(image_pool, out)["weights"] == "random"  # pretrained: random, said explicitly
+    stages = {"embed": {"batch_size": 8, "pretrained": "random"},
+              "score": {"embeddings": "embed", "score_column": None, "fraction": 0.5, "model": "ViT-B-32"}}
     recipe = parse_recipe({"stages": stages, "select": "score_keep"}, "t")
+    with pytest.raises(RecipeError, match="made with random weights.*random_weights: true"):
+        pipeline.run_stage(*recipe.stages[1], image_pool, out, workers=1)
+    for name, values in (("cluster", {"clusters": 2}),):
+        with pytest.raises(RecipeError, match=f"{name}: the 'embed' embeddings were made with random weights"):
+            pipeline.run_stage(*parse_recipe({"stages": {name: {"embeddings": "embed", **values}}, "select": "true"},
+                                             "t").stages[0], image_pool, out, workers=1)
+    recipe = parse_recipe({"stages": stages, "select": "score_keep", "random_weights": True}, "t")
     with pytest.raises(RecipeError, match="made by 'curate-tiny-vit'"):
-        pipeline.run_stage("score", recipe.stages[1][1], image_pool, out, workers=1)
+        pipeline.run_stage(*recipe.stages[1], image_pool, out, workers=1)
 
 
 @pytest.mark.spark
@@ -214,7 +211,8 @@ def test_sigkill_mid_stage_resumes_only_unfinished_partitions(tmp_path):
     pool = write_image_pool(tmp_path / "pool", [rows[i:i + 24] for i in range(0, len(rows), 24)])
     run_embed(pool, tmp_path / "reference", batch_size=4)
     out = tmp_path / "killed"
-    command = [str(BIN / "curate"), "embed", "--pool", str(pool), "--out", str(out), "--set", "batch_size=4"]
+    command = [str(BIN / "curate"), "embed", "--pool", str(pool), "--out", str(out), "--set", "batch_size=4",
+               "--set", "pretrained=random"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "embed" / "_done").glob("*.json"))) < 3:

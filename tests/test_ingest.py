@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from curate.demo.server import serve
-from curate.errors import PoolError
+from curate.errors import PoolError, RunDirError
 from curate.pool import POOL_INFO, scan_shards
 from curate.steps import ingest as ingest_module
 from curate.steps.ingest import POOL_SCHEMA, ingest, raw_files, read_url_list
@@ -244,5 +244,5 @@ def test_refuses_a_folder_holding_another_pool(tmp_path):
     path = write_list(tmp_path / "urls.csv", {"url": ["u1"], "caption": ["c1"]})
     (tmp_path / "pool").mkdir()
     (tmp_path / "pool" / POOL_INFO).write_text('{"source": "/elsewhere/list.parquet", "rows": 1}')
-    with pytest.raises(PoolError, match=r"holds the pool of /elsewhere/list\.parquet"):
+    with pytest.raises(RunDirError, match=r"holds the pool of /elsewhere/list\.parquet.*--overwrite"):
         ingest(path, tmp_path / "pool", **FAST)

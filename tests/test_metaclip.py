@@ -84,7 +84,7 @@ def test_columns_and_reasons(metadata):
     texts = ["a photo of a dog", None, "nothing here", "", "zebra", "zebra"]
     _, out = run(pool(texts), MetaclipConfig(metadata=metadata, t=1))
     assert out.column_names == ["uid", "metaclip_entries", "metaclip_keep", "metaclip_reason", "metaclip_p"]
-    assert out.column("metaclip_entries").to_pylist() == [[0, 1], [], [], [], [5], [5]]
+    assert out.column("metaclip_entries").to_pylist() == [[0, 1], None, [], [], [5], [5]]  # null: no caption
     assert out.column("metaclip_p").to_pylist() == [1.0, 0.0, 0.0, 0.0, 0.5, 0.5]
     reasons = out.column("metaclip_reason").to_pylist()
     assert reasons[:4] == [None, "no_text", "no_match", "no_match"]
@@ -200,7 +200,7 @@ def test_non_utf8_captions_are_repaired_then_matched(tmp_path):
     out = stage_table(tmp_path / "out").to_pylist()
     by_text = {row["uid"]: row for row in out}
     rows = [by_text[uid] for uid in table.column("uid").to_pylist()]
-    assert [r["metaclip_entries"] for r in rows] == [[0, 1], [2], []]
+    assert [r["metaclip_entries"] for r in rows] == [[0, 1], [2], None]
     assert [r["metaclip_reason"] for r in rows][2] == "no_text"
 
 

@@ -15,7 +15,7 @@ def test_ground_truth_lines_for_stages_with_and_without_targets():
     }
     text = summary(report)
     assert "None" not in text
-    assert "  basic: would remove 3 (3 only here): too_small=3" in text
+    assert "  basic: removes 3 (3 only here): too_small=3" in text
     assert "  ground truth basic: precision 1.0, recall 0.75 of ['small_image']; vs clean rows: precision 1.0" in text
-    assert "  ground truth dbp: no planted defect is its target; 0.5 of the rows it removes carry one" in text
-    assert text.splitlines()[-1] == "  clean samples kept: 0.9, planted defects removed: 0.8"
+    assert "  ground truth dbp: no known defect is its target; 0.5 of the rows it removes carry one" in text
+    assert text.splitlines()[-1] == "  clean samples kept: 0.9, known defects removed: 0.8"

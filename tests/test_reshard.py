@@ -14,6 +14,7 @@ from PIL import Image
 
 from curate.cli import main
 from curate.engines import open_session
+from curate.errors import RunDirError
 from curate.steps.reshard import ReshardConfig, ReshardError, reshard
 from curate.uid import derive_uid, uid_pairs, write_datacomp_subset
 
@@ -155,8 +156,9 @@ def test_missing_uids_and_pools_without_images_stop_before_writing(tmp_path, row
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
     write_run(run, rows, [0])
-    with pytest.raises(ReshardError, match="not empty and not a reshard output"):
+    with pytest.raises(RunDirError, match="not empty and not a reshard curate wrote"):
         reshard(run, tmp_path / "foreign", pool=pool)
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
 
 
 def face_rows() -> list[dict]:
@@ -243,8 +245,8 @@ def test_local_and_spark_write_identical_shards(tmp_path, spark):
         local = reshard(run, tmp_path / f"local{shuffle}", cfg, pool=pool, workers=2)
         with open_session("spark", spark=spark) as session:
             distributed = reshard(run, tmp_path / f"spark{shuffle}", cfg, pool=pool, session=session)
-        names = sorted(p.name for p in (tmp_path / f"local{shuffle}").iterdir() if p.name != "_manifest.json")
-        assert names == sorted(p.name for p in (tmp_path / f"spark{shuffle}").iterdir() if p.name != "_manifest.json")
+        names = sorted(p.name for p in (tmp_path / f"local{shuffle}").iterdir() if p.name != "_manifest.json" and not p.name.startswith("."))
+        assert names == sorted(p.name for p in (tmp_path / f"spark{shuffle}").iterdir() if p.name != "_manifest.json" and not p.name.startswith("."))
         assert len(names) == 6 and local["blurred"] == distributed["blurred"] == 2 and local["successes"] == 10
         for name in names:
             assert (tmp_path / f"local{shuffle}" / name).read_bytes() == (tmp_path / f"spark{shuffle}" / name).read_bytes()

@@ -22,6 +22,7 @@ file key, so pools of different seeds have disjoint uids. The ground truth descr
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections import Counter
@@ -58,6 +59,15 @@ DEFECTS: dict[str, tuple[float, int]] = {
     "hash_mismatch": (0.0, 5),
 }
 MIN_DEFECT_POOL = 200
+# which planted defects each step is meant to remove: written into ground_truth.parquet's metadata
+# (curate.reports.truth reads it); SemDeDup is scored on the planted pairs (duplicate_of) instead
+TARGETS = {
+    "download": ["unreachable_url", "timeout_url", "corrupt_image", "hash_mismatch"],
+    "basic": ["small_image", "extreme_aspect", "non_english", "short_caption"],
+    "laion2b": ["non_english"],
+    "align": ["small_image", "extreme_aspect", "short_caption", "boilerplate_caption"],
+    "score": ["mismatched_caption"],
+}
 _PLAN_STREAM = 1 << 40  # generator key of the pool plan, beyond any row index
 URL_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()), ("caption", pa.string()),
                         ("sha256", pa.string())])
@@ -225,7 +235,8 @@ def make_demo_pool(out_dir: Path, n: int = 3000, seed: int = 0, clean_only: bool
         builder.add(index, defect, concept)
     urls_path, truth_path = out_dir / "urls.parquet", out_dir / "ground_truth.parquet"
     atomic_write_table(pa.Table.from_pylist(builder.urls, schema=URL_SCHEMA), urls_path)
-    atomic_write_table(pa.Table.from_pylist(builder.truth, schema=TRUTH_SCHEMA), truth_path)
+    truth_schema = TRUTH_SCHEMA.with_metadata({"curate.targets": json.dumps(TARGETS)})
+    atomic_write_table(pa.Table.from_pylist(builder.truth, schema=truth_schema), truth_path)
     log.info("demo pool: %d samples (seed %d) in %s, %.1f s", n, seed, out_dir, time.perf_counter() - started)
     return {"n": n, "seed": seed, "out_dir": str(out_dir), "images": str(out_dir / "images"),
             "urls": str(urls_path), "ground_truth": str(truth_path),

@@ -31,8 +31,9 @@ from curate.demo.pool import make_demo_pool, materialize_urls
 from curate.demo.server import serve
 from curate.engines import Session
 from curate.pipeline import run_recipe
+from curate.pool import POOL_INFO, pool_info
 from curate.recipe import load_recipe
-from curate.reports.summary import GROUND_TRUTH
+from curate.reports.truth import GROUND_TRUTH
 from curate.runio import atomic_write_json, atomic_write_table, read_json
 from curate.steps.ingest import ingest
 
@@ -57,7 +58,8 @@ def prepare_source(source: Path, n: int, seed: int) -> None:
 
 
 def download(source: Path, pool: Path, workers: int | None) -> None:
-    if (pool / "_pool.json").exists():
+    info = pool_info(pool) if pool.is_dir() else None
+    if info and info.get("status", "complete") == "complete":
         log.info("demo pool already downloaded to %s", pool)
         return
     with serve(source) as base_url:
@@ -81,6 +83,8 @@ def prepare_trusted(source: Path, pool: Path, n: int, seed: int) -> None:
     images = [(source / "images" / url.rsplit("/", 1)[-1]).read_bytes() for url in urls.column("url").to_pylist()]
     atomic_write_table(pa.table({"uid": urls.column("uid"), "text": urls.column("caption"),
                                  "jpg": pa.array(images, pa.binary())}), pool / "00000.parquet")
+    atomic_write_json({"status": "complete", "command": "demo", "source": str(source), "rows": len(images),
+                       "shard_files": {"00000.parquet": len(images)}}, pool / POOL_INFO)
     atomic_write_json({"n": n, "seed": seed, "clean_only": True}, done)
 
 

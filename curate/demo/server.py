@@ -48,10 +48,10 @@ def _make_handler(root: Path, slow_seconds: float, stopping: threading.Event) ->
     class DemoHandler(BaseHTTPRequestHandler):
         server_version = "curate-demo"
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:  # http.server's naming
             self._answer(send_body=True)
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._answer(send_body=False)
 
         def _answer(self, send_body: bool) -> None:
@@ -90,7 +90,7 @@ def _make_handler(root: Path, slow_seconds: float, stopping: threading.Event) ->
                 if send_body:
                     self.wfile.write(data)
 
-        def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
+        def log_message(self, format: str, *args) -> None:  # the base class's parameter name
             log.debug("%s " + format, self.address_string(), *args)
 
     return DemoHandler

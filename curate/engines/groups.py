@@ -38,7 +38,7 @@ from curate.errors import PoolError
 from curate.pool import Shard, read_shard
 from curate.runio import atomic_write_table, mark_done
 
-SHUFFLE = "_shuffle"
+SHUFFLE = planning.SHUFFLE
 BUCKET_BYTES = 256 << 20
 KEY, SHARD, ROW = "_group", "_shard", "_row"
 
@@ -140,7 +140,7 @@ def gather(partition: Partition) -> dict:
         raise PoolError(f"{stage.name}: the grouped output for {shard.path} is not row-aligned with it")
     atomic_write_table(output, stage_dir / f"{shard.part}.parquet")
     stats = {"part": shard.part, "source": str(shard.path), "rows": output.num_rows}
-    mark_done(stage_dir, shard.part, stats)
+    mark_done(stage_dir, shard.part, stats, stage_dir / f"{shard.part}.parquet")
     return stats
 
 

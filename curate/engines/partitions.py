@@ -75,5 +75,5 @@ def apply_task(partition: Partition) -> dict:
     atomic_write_table(output, partition.stage_dir / f"{partition.shard.part}.parquet")
     stats = {"part": partition.shard.part, "source": str(partition.shard.path), "rows": output.num_rows,
              "seconds": round(time.perf_counter() - started, 3)}
-    mark_done(partition.stage_dir, partition.shard.part, stats)
+    mark_done(partition.stage_dir, partition.shard.part, stats, partition.stage_dir / f"{partition.shard.part}.parquet")
     return stats

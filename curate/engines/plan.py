@@ -4,10 +4,14 @@
   earlier stage in the same run directory (found through that stage's manifest), or from a
   pool sidecar named ``<dir>:<column>`` (e.g. ``embeddings/b32:image_emb``: the imported
   DataComp B/32 embeddings), which reaches ``apply`` as plain ``image_emb``.
-- Fingerprint: a hash of the stage name, its resolved config, the pool's shard list (names,
-  sizes, mtimes) and the fingerprints of the stages it reads from. A stage directory whose
-  manifest carries another fingerprint is stale and is cleared before the stage runs, so a
-  resumed run never mixes partitions computed under two configurations.
+- Fingerprint: a hash of the stage name and its input signatures (``input_signatures``: the
+  resolved config and description, every pool shard, every sidecar part it reads, every file its
+  config names, the fingerprints of the stages it reads from; curate.fingerprint says how files
+  are signed). A stage directory whose manifest carries another fingerprint is stale: the log
+  names the inputs that changed, and curate's own files are cleared before the stage runs (files
+  it did not write stay), so a resumed run never mixes partitions computed under two inputs.
+- Damage: a complete stage whose part files no longer match their completion markers (size,
+  footer digest) recomputes those parts (local) or the stage (Spark layout).
 - Layout: the local engine writes one output part per pool shard, row-aligned with it
   ("pool-shards"); Spark writes its own partitioning ("spark"), joined by uid.
 - Merging fit partials: group by the pass's keys and sum the other columns (no keys: one row of
@@ -17,8 +21,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -29,16 +31,20 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.contract import Pass, Stage, config_dict
+from curate.contract import Pass, Stage, config_dict, config_files
 from curate.errors import RecipeError
 from curate.pool import Shard, shard_columns
-from curate.runio import MANIFEST, atomic_write_table, read_manifest
+from curate.fingerprint import digest, file_signature, tail_digest
+from curate.outputs import claim, clear_own
+from curate.resources import resolve_metadata
+from curate.runio import MANIFEST, MARKER_DIR, atomic_write_table, damaged_parts, read_manifest
 
 log = logging.getLogger(__name__)
 
 ARTIFACT = "_artifact.parquet"
 POOL = "pool"
 SIDECAR = ":"
+SHUFFLE = "_shuffle"  # the local group path's scratch tree (curate.engines.groups)
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class Plan:
     source_dirs: dict[str, Path]   # where each non-pool source's part-NNNNN.parquet files are
     fingerprint: str
     description: dict[str, Any] | None = None  # stage.describe(cfg): top-level manifest fields
+    inputs: dict[str, str] | None = None       # input_signatures: name -> signature
 
 
 def stage_output_columns(out_dir: Path) -> dict[str, list[str]]:
@@ -63,6 +70,18 @@ def stage_output_columns(out_dir: Path) -> dict[str, list[str]]:
 
 
 def make_plan(stage: Stage, cfg: Any, shards: list[Shard], out_dir: Path) -> Plan:
+    sources, source_dirs = column_sources(stage, cfg, shards, out_dir)
+    manifests = {name: read_manifest(path) for name, path in source_dirs.items()}
+    if stage.check_inputs is not None:
+        stage.check_inputs(cfg, manifests)
+    description = stage.describe(cfg) if stage.describe is not None else None
+    inputs = input_signatures(cfg, shards, source_dirs, manifests, description)
+    fingerprint = digest([stage.name, inputs])
+    return Plan(stage, cfg, out_dir / stage.name, sources, source_dirs, fingerprint, description, inputs)
+
+
+def column_sources(stage: Stage, cfg: Any, shards: list[Shard], out_dir: Path) -> tuple[dict, dict]:
+    """Where each column the stage reads comes from: the pool, a sidecar, or an earlier stage."""
     pool_dir = shards[0].path.parent
     pool_columns = set(shard_columns(shards[0].path))
     upstream = stage_output_columns(out_dir)
@@ -79,32 +98,46 @@ def make_plan(stage: Stage, cfg: Any, shards: list[Shard], out_dir: Path) -> Pla
                 raise RecipeError(f"stage {stage.name} reads {column!r}, but {source_dirs[key]} holds no sidecar "
                                   f"(no {MANIFEST}); import or compute it first")
             sources.setdefault(key, []).append(name)
-            continue
-        if column in pool_columns:
+        elif column in pool_columns:
             sources[POOL].append(column)
-            continue
-        owner = next((name for name, cols in upstream.items() if column in cols and name != stage.name), None)
-        if owner is None:
-            raise RecipeError(
-                f"stage {stage.name} reads column {column!r}, which is neither in the pool "
-                f"({shards[0].path} has {sorted(pool_columns)}) nor written by an earlier stage in {out_dir}"
-            )
-        sources.setdefault(owner, []).append(column)
-        source_dirs[owner] = out_dir / owner
-    manifests = {name: read_manifest(path) for name, path in source_dirs.items()}
-    if stage.check_inputs is not None:
-        stage.check_inputs(cfg, manifests)
-    description = stage.describe(cfg) if stage.describe is not None else None
-    fingerprint = _fingerprint(stage, cfg, shards, {n: m["fingerprint"] for n, m in manifests.items()}, description)
-    return Plan(stage, cfg, out_dir / stage.name, sources, source_dirs, fingerprint, description)
+        else:
+            owner = next((name for name, cols in upstream.items() if column in cols and name != stage.name), None)
+            if owner is None:
+                raise RecipeError(f"stage {stage.name} reads column {column!r}, which is neither in the pool "
+                                  f"({shards[0].path} has {sorted(pool_columns)}) nor written by an earlier "
+                                  f"stage in {out_dir}")
+            sources.setdefault(owner, []).append(column)
+            source_dirs[owner] = out_dir / owner
+    return sources, source_dirs
 
 
-def _fingerprint(stage: Stage, cfg: Any, shards: list[Shard], upstream: dict[str, str],
-                 description: dict[str, Any] | None = None) -> str:
-    pool = [(s.path.name, s.path.stat().st_size, s.path.stat().st_mtime_ns, s.rows) for s in shards]
-    parts = [stage.name, config_dict(cfg), pool, sorted(upstream.items())]
-    blob = json.dumps(parts + ([description] if description is not None else []), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def input_signatures(cfg: Any, shards: list[Shard], source_dirs: dict[str, Path], manifests: dict[str, dict],
+                     description: dict[str, Any] | None) -> dict[str, str]:
+    """Everything a stage reads, by name -> signature: what its fingerprint is made of."""
+    inputs = {"config": digest(config_dict(cfg)), "description": digest(description)}
+    inputs.update({f"pool shard {shard.path.name}": file_signature(shard.path) for shard in shards})
+    for name, directory in source_dirs.items():
+        if name.startswith(f"{POOL}:"):
+            inputs.update({f"sidecar {directory.name}/{part.name}": file_signature(part)
+                           for part in sorted(directory.glob("part-*.parquet"))})
+        else:
+            inputs[f"stage {name}"] = manifests[name]["fingerprint"]
+    for field, value in config_files(cfg).items():
+        path = Path(resolve_metadata(str(value)))
+        if path.is_file():
+            inputs[f"file {field} ({path.name})"] = file_signature(path)
+    return inputs
+
+
+def changes(old: dict[str, str] | None, new: dict[str, str]) -> str:
+    """Which inputs differ, for the log: "pool shard 00003.parquet changed, stage cluster changed"."""
+    if old is None:
+        return "an earlier version of curate wrote it"
+    changed = [f"{key} changed" for key in new if key in old and old[key] != new[key]]
+    changed += [f"{key} is new" for key in new if key not in old]
+    changed += [f"{key} is gone" for key in old if key not in new]
+    more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
+    return ", ".join(changed[:6]) + more if changed else "its fingerprint changed"
 
 
 def merge_partials(partials: list[pa.Table], step: Pass, cfg: Any) -> pa.Table:
@@ -136,21 +169,52 @@ def remove_temporaries(directory: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def prepare_output(directory: Path, fingerprint: str, inputs: dict[str, str] | None, label: str,
+                   extra: tuple[str, ...] = ()) -> bool:
+    """Make ``directory`` ready for output with this fingerprint; True when it is already complete
+    and undamaged. Stale or unfinished output of curate is cleared; files curate did not write stay,
+    and a directory of someone else's files (no manifest) is refused."""
+    claim(directory, MANIFEST, f"{label} output", extra)
+    for temporary in (directory, directory / MARKER_DIR):
+        remove_temporaries(temporary)
+    shutil.rmtree(directory / SHUFFLE, ignore_errors=True)
+    manifest = read_manifest(directory)
+    if manifest is None:
+        clear_own(directory, extra)
+        return False
+    if manifest.get("fingerprint") != fingerprint:
+        log.info("%s: recomputing: %s", label, changes(manifest.get("input_signatures"), inputs or {}))
+        clear_own(directory, extra)
+        return False
+    if manifest.get("status") != "complete":
+        return False
+    damaged = damaged_output(directory, manifest)
+    if damaged:
+        log.warning("%s: %d part file(s) missing, truncated or replaced since they were written (%s); "
+                    "recomputing them", label, len(damaged), damaged[:5])
+        if manifest.get("layout") != "pool-shards":
+            clear_own(directory, extra)
+        for part in damaged:
+            (directory / MARKER_DIR / f"{part}.json").unlink(missing_ok=True)
+        return False
+    return True
+
+
+def damaged_output(directory: Path, manifest: dict) -> list[str]:
+    """Parts that no longer match what was written: per marker (local), or per the manifest's
+    ``part_files`` (Spark layout)."""
+    if manifest.get("layout") == "pool-shards":
+        return damaged_parts(directory)
+    recorded = manifest.get("part_files") or {}
+    return [name for name, (size, tail) in recorded.items()
+            if not (directory / name).is_file() or (directory / name).stat().st_size != size
+            or tail_digest(directory / name) != tail]
+
+
 def prepare_stage_dir(plan: Plan) -> bool:
     """Clear a stale stage directory. Returns True if the stage is already complete."""
-    remove_temporaries(plan.stage_dir)
-    remove_temporaries(plan.stage_dir / "_done")
-    remove_temporaries(plan.stage_dir / "_carry")
-    manifest = read_manifest(plan.stage_dir)
-    if manifest is None:
-        if plan.stage_dir.exists():
-            shutil.rmtree(plan.stage_dir)
-        return False
-    if manifest.get("fingerprint") != plan.fingerprint:
-        log.info("%s: inputs or config changed since the last run; recomputing", plan.stage.name)
-        shutil.rmtree(plan.stage_dir)
-        return False
-    return manifest.get("status") == "complete"
+    extra = (plan.stage.artifact_name,) if plan.stage.artifact_name else ()
+    return prepare_output(plan.stage_dir, plan.fingerprint, plan.inputs, plan.stage.name, extra)
 
 
 def manifest_fields(plan: Plan, engine: str, layout: str, status: str, **extra: Any) -> dict[str, Any]:
@@ -163,6 +227,7 @@ def manifest_fields(plan: Plan, engine: str, layout: str, status: str, **extra: 
         "config": config_dict(plan.cfg),
         "inputs": {name: cols for name, cols in plan.sources.items()},
         "columns": plan.stage.adds.names,
+        "input_signatures": plan.inputs,
         **extra,
     }
     clash = set(plan.description or {}) & (set(fields) | {"written_at", "versions"})

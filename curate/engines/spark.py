@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 from curate.contract import Stage
 from curate.engines import plan as planning
 from curate.engines.failures import local_failures, marked, spark_failure
-from curate.pool import Shard, scan_shards
+from curate.fingerprint import tail_digest
+from curate.pool import Shard, repair_text, scan_shards
 from curate.runio import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,11 @@ def read_parts(spark, directory: Path):
 
 
 def input_frame(spark, plan: planning.Plan, shards: list[Shard], out_dir: Path):
+    """The stage's input columns by uid. A stage that reads one earlier output and nothing of the
+    pool but uid reads that output alone (it has exactly the pool's uids): no join, no shuffle."""
+    upstream = [name for name in plan.sources if name != planning.POOL]
+    if plan.sources[planning.POOL] == ["uid"] and len(upstream) == 1:
+        return read_parts(spark, plan.source_dirs[upstream[0]]).select("uid", *plan.sources[upstream[0]])
     frame = read_pool(spark, shards, plan.sources[planning.POOL])
     for name, columns in plan.sources.items():
         if name != planning.POOL:
@@ -107,9 +113,9 @@ def _run(plan: planning.Plan, shards: list[Shard], out_dir: Path, spark) -> dict
         output = _apply_groups(stage, cfg, artifact, frame)
     else:
         output = frame.mapInArrow(BatchApply(stage, cfg, artifact), _spark_schema(stage.output_schema()))
-    rows = write_parts(output, plan.stage_dir)
+    rows, part_files = write_parts(output, plan.stage_dir)
     return write_manifest(plan.stage_dir, **planning.manifest_fields(
-        plan, "spark", LAYOUT, "complete", rows=rows,
+        plan, "spark", LAYOUT, "complete", rows=rows, part_files=part_files,
         artifact_rows=None if artifact is None else artifact.num_rows, fit_seconds=fit_seconds,
         seconds_last_run=round(time.perf_counter() - started, 3)))  # the apply only, as on the local engine
 
@@ -135,6 +141,12 @@ def _fit(plan: planning.Plan, frame) -> pa.Table:
     return artifact
 
 
+def repaired(table: pa.Table) -> pa.Table:
+    """Invalid UTF-8 in a string column replaced by U+FFFD, as the local engine's pool reader does
+    (Spark hands parquet strings over unchecked), so both engines see the same text."""
+    return repair_text(table, "a Spark batch")
+
+
 class BatchPartial:
     """mapInArrow function: pass ``number``'s partial of every batch (a picklable value)."""
 
@@ -143,7 +155,7 @@ class BatchPartial:
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            table = pa.Table.from_batches([batch])
+            table = repaired(pa.Table.from_batches([batch]))
             try:
                 result = self.stage.checked_partial(self.number, table, self.cfg, self.previous)
             except Exception as error:
@@ -159,7 +171,7 @@ class BatchApply:
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            yield from self.apply(pa.Table.from_batches([batch])).to_batches()
+            yield from self.apply(repaired(pa.Table.from_batches([batch]))).to_batches()
 
     def apply(self, table: pa.Table, step: str = "apply") -> pa.Table:
         try:
@@ -173,7 +185,7 @@ class BatchKey(BatchApply):
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            table = pa.Table.from_batches([batch])
+            table = repaired(pa.Table.from_batches([batch]))
             try:
                 key = self.stage.group_by(self.stage.input_columns(table, self.cfg), self.cfg, self.artifact)
             except Exception as error:
@@ -215,18 +227,21 @@ def _spark_schema(schema: pa.Schema):
     return from_arrow_schema(schema)
 
 
-def write_parts(frame, target_dir: Path) -> int:
+def write_parts(frame, target_dir: Path) -> tuple[int, dict[str, list]]:
     """Write a DataFrame as parquet into target_dir/part-NNNNN.parquet, only once Spark's job
-    has succeeded (write to a temporary directory, then move the files in)."""
+    has succeeded (write to a temporary directory, then move the files in); the rows and, per
+    part file, its size and footer digest (the manifest's ``part_files``)."""
     tmp_dir = target_dir.parent / f".{target_dir.name}.spark-tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     frame.write.mode("overwrite").parquet(str(tmp_dir))
     target_dir.mkdir(parents=True, exist_ok=True)
     for old in target_dir.glob("part-*.parquet"):
         old.unlink()
-    rows = 0
+    rows, part_files = 0, {}
     for index, path in enumerate(sorted(tmp_dir.glob("part-*.parquet"))):
         rows += pq.ParquetFile(path).metadata.num_rows
-        os.replace(path, target_dir / f"part-{index:05d}.parquet")
+        target = target_dir / f"part-{index:05d}.parquet"
+        os.replace(path, target)
+        part_files[target.name] = [target.stat().st_size, tail_digest(target)]
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    return rows
+    return rows, part_files

@@ -78,12 +78,18 @@ def source_key(source: str) -> str:
     return source if source == "embed" else f"pool:{sidecar_path(source)}"
 
 
-def check_model(stage: str, source: str, model: str | None, manifests: dict[str, dict]) -> None:
-    """Refuse embeddings made by another model than the recipe names (``model``; None: no check).
-    An imported sidecar's manifest has ``model``; the embed stage's has it at the top level too."""
+def check_embeddings(stage: str, source: str, model: str | None, random_ok: bool, manifests: dict[str, dict]) -> None:
+    """Refuse embeddings made with random weights (unless ``random_ok``: the recipe's
+    ``random_weights: true``) and embeddings of another model than the recipe names (``model``;
+    None: any model). An imported sidecar's manifest has ``model``; the embed stage's has it and
+    ``weights`` (random | tag | file | hf-hub | local-dir) at the top level."""
+    manifest = manifests.get(source_key(source)) or {}
+    if manifest.get("weights") == "random" and not random_ok:
+        raise RecipeError(f"{stage}: the {source!r} embeddings were made with random weights (pretrained: random); "
+                          f"they carry no meaning. Embed with trained weights, or set random_weights: true in the "
+                          f"recipe to use them anyway (pipeline tests, speed measurements)")
     if model is None:
         return
-    manifest = manifests.get(source_key(source)) or {}
     recorded = embedding_model(manifest)
     if recorded is None:
         raise RecipeError(f"{stage}: the recipe names model {model!r}, but the {source!r} embeddings' manifest "

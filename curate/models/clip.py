@@ -5,8 +5,8 @@ A model is an open_clip architecture plus its weights (DESIGN.md 4.5, 7):
 - ``model``: an open_clip name (``ViT-B-32``, ``ViT-B-32-quickgelu`` for DFN/OpenAI weights,
   ``curate-tiny-vit`` from curate/model_configs), or an ``hf-hub:org/repo`` / ``local-dir:PATH``
   id that carries its own config and weights;
-- ``pretrained``: None (random init from torch seed 0, the same in every process: speed and
-  pipeline tests), a pretrained tag
+- ``pretrained``: ``"random"`` (random init from torch seed 0, the same in every process: speed
+  and pipeline tests; said explicitly, because such embeddings mean nothing), a pretrained tag
   (``openai``, ``dfn2b``, ...; downloaded by open_clip, so only where there is a network), a
   local checkpoint (``.pt``/``.pth``/``.bin``/``.safetensors``, e.g. ``train-dfn``'s
   ``dfn.pt``), or an ``hf-hub:``/``local-dir:`` id (then it replaces ``model``).
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"
 SCHEMAS = ("hf-hub:", "local-dir:")
+RANDOM = "random"  # pretrained: random weights, said explicitly
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
@@ -92,6 +93,10 @@ def resolve(model: str, pretrained: str | None) -> ModelSpec:
         raise ModelError(f"unknown open_clip model {model!r}; close names: {close or 'none'} "
                          f"(open_clip.list_models() lists all {len(open_clip.list_models())})")
     if pretrained is None:
+        raise ModelError(f"no weights for {name}: set pretrained to a tag ({open_clip.list_pretrained_tags_by_model(name)[:4] or 'none'}), "
+                         f"a checkpoint file or an hf-hub:/local-dir: id; or pretrained: random for random weights "
+                         f"(embeddings that mean nothing: for speed and pipeline tests only)")
+    if pretrained == RANDOM:
         return ModelSpec(name, None, "random")
     if open_clip.is_pretrained_cfg(name, pretrained):
         return ModelSpec(name, pretrained, "tag")

@@ -33,7 +33,7 @@ import pyarrow as pa
 from curate.contract import Fit, Pass, Stage
 from curate.errors import RecipeError
 from curate.kernels import kmeans
-from curate.kernels.embeddings import MODALITIES, vector_names, vector_specs
+from curate.kernels.embeddings import MODALITIES, check_embeddings, vector_names, vector_specs
 from curate.kernels.vectors import unit_vectors
 
 COUNT_SCHEMA = pa.schema([("rows", pa.int64()), ("usable", pa.int64())])
@@ -49,6 +49,7 @@ class ClusterConfig:
     iterations: int = 25                  # Lloyd iterations (faiss' default niter)
     max_points_per_centroid: int = 256    # training sample = k * this (faiss' default)
     seed: int = 0                         # k-means seed and uid-hash seed
+    random_weights_ok: bool = False     # accept embeddings made with random weights (recipe: random_weights)
 
     def __post_init__(self):
         if self.modality not in MODALITIES:
@@ -117,6 +118,10 @@ def reads(cfg: ClusterConfig) -> tuple[str, ...]:
     return ("uid", *vector_specs(cfg.embeddings, cfg.modality))
 
 
+def check_inputs(cfg: ClusterConfig, manifests: dict[str, dict]) -> None:
+    check_embeddings("cluster", cfg.embeddings, None, cfg.random_weights_ok, manifests)
+
+
 STAGE = Stage(
     name="cluster",
     config=ClusterConfig,
@@ -126,4 +131,5 @@ STAGE = Stage(
     fit=Fit(passes=(Pass("count", COUNT_SCHEMA, (), count_usable, usable_rows),
                     Pass("sample", kmeans.SAMPLE_SCHEMA, ("uid", "vector"), sample_partial, train_centroids))),
     summary="SemDeDup step 1: spherical k-means (faiss) of L2-normalised embeddings; cluster_id, cluster_sim",
+    check_inputs=check_inputs,
 )

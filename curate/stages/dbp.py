@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from curate.contract import Fit, Pass, Stage
 from curate.errors import RecipeError
 from curate.kernels import kmeans
-from curate.kernels.embeddings import MODALITIES, vector_names, vector_specs
+from curate.kernels.embeddings import MODALITIES, check_embeddings, vector_names, vector_specs
 from curate.kernels.vectors import unit_vectors
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class DbpConfig:
     seed: int = 0
     embeddings: str = "b32"
     modality: str = "image"
+    random_weights_ok: bool = False     # accept embeddings made with random weights (recipe: random_weights)
 
     def __post_init__(self):
         if self.keep_fraction is None or not 0.0 <= self.keep_fraction <= 1.0:
@@ -220,6 +221,10 @@ def reads(cfg: DbpConfig) -> tuple[str, ...]:
     return ("uid", "semdedup_keep", *vector_specs(cfg.embeddings, cfg.modality))
 
 
+def check_inputs(cfg: DbpConfig, manifests: dict[str, dict]) -> None:
+    check_embeddings("dbp", cfg.embeddings, None, cfg.random_weights_ok, manifests)
+
+
 STAGE = Stage(
     name="dbp",
     config=DbpConfig,
@@ -232,5 +237,6 @@ STAGE = Stage(
                     Pass("distances", SUMS_SCHEMA, ("cluster",), distance_sums, cluster_quotas))),
     summary="DBP: re-cluster the deduplicated rows; keep per-cluster quotas by complexity, farthest members first",
     group_by=group_key,
+    check_inputs=check_inputs,
     artifact_name="clusters.parquet",
 )

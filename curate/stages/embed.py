@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from curate.contract import Stage
+from curate.contract import Stage, file_field
 from curate.errors import RecipeError
 from curate.kernels.embeddings import encode
 from curate.kernels.images import MAX_PIXELS, MIN_SIDE, open_image
@@ -56,7 +56,7 @@ class EmbedConfig:
     # No paper default for the model: the demo's small DFN architecture (curate/model_configs).
     # A DataComp-style CLIP score uses model ViT-B-32-quickgelu or ViT-L-14 with pretrained openai.
     model: str = "curate-tiny-vit"     # open_clip name, or an hf-hub: / local-dir: id
-    pretrained: str | None = None      # None (random), tag, .pt/.safetensors path, hf-hub:/local-dir: id
+    pretrained: str | None = file_field()  # None (random), tag, .pt/.safetensors path, hf-hub:/local-dir: id
     image_column: str = "jpg"          # image bytes (img2dataset's column)
     text_column: str = "text"
     device: str = "auto"               # auto: cuda when visible, else cpu

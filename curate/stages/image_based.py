@@ -51,10 +51,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate.contract import Fit, Pass, Stage
+from curate.contract import Fit, Pass, Stage, file_field
 from curate.errors import RecipeError
 from curate.kernels import kmeans
-from curate.kernels.embeddings import as_fixed_size, check_model, decode, embedding_columns
+from curate.kernels.embeddings import as_fixed_size, check_embeddings, decode, embedding_columns
 from curate.kernels.rules import char_lengths, decide, is_null
 from curate.kernels.vectors import embedding_matrix
 from curate.models.langid import fasttext_top1
@@ -71,7 +71,7 @@ class ImageBasedConfig:
     # Defaults: DataComp's image-based baseline (Gadre et al. 2023; image_based_clustering.py).
     embeddings: str = "l14"             # OpenAI ViT-L/14 image embeddings (npz l14_img), or "embed", "b32"
     model: str | None = None            # refuse embeddings whose manifest names another model
-    targets: str | None = None          # (n, dim) target embeddings, .npy or .parquet (required)
+    targets: str | None = file_field()  # (n, dim) target embeddings, .npy or .parquet (required)
     clusters: int = 100_000             # --num_clusters 100000
     iterations: int = 20                # cluster.niter = 20
     spherical: bool = False             # faiss.Clustering default: L2 k-means
@@ -80,6 +80,7 @@ class ImageBasedConfig:
     language: str = "en"
     min_tokens_exclusive: int = 1       # len(fasttext.tokenize(text)) > 1
     min_chars_exclusive: int = 5        # len(text) > 5
+    random_weights_ok: bool = False     # accept embeddings made with random weights (recipe: random_weights)
 
     def __post_init__(self):
         if self.targets is None:
@@ -186,7 +187,7 @@ def reads(cfg: ImageBasedConfig) -> tuple[str, ...]:
 
 
 def check_inputs(cfg: ImageBasedConfig, manifests: dict[str, dict]) -> None:
-    check_model("image_based", cfg.embeddings, cfg.model, manifests)
+    check_embeddings("image_based", cfg.embeddings, cfg.model, cfg.random_weights_ok, manifests)
 
 
 STAGE = Stage(

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.contract import Fit, Pass, Stage
+from curate.contract import Fit, Pass, Stage, file_field
 from curate.errors import RecipeError
 from curate.fingerprint import file_sha256
 from curate.resources import load_metadata, metadata_path, missing_metadata, resolve_metadata
@@ -48,7 +48,7 @@ ADDS = pa.schema([("metaclip_keep", pa.bool_()), ("metaclip_reason", pa.string()
 @dataclass(frozen=True, kw_only=True)
 class MetaclipConfig:
     # Defaults: MetaCLIP (Xu et al. 2023): t = 20,000 for a 400M pool (170,000 for 2.5B).
-    metadata: str = DEFAULT_METADATA  # the entry list the matching stage uses (see metaclip_match)
+    metadata: str = file_field(DEFAULT_METADATA)  # the entry list the matching stage uses (see metaclip_match)
     t: int = 20000                    # per-entry cap: p[e] = min(1, t / count[e])
     seed: int = 0                     # the recipe's seed; uid-hashed sampling
 
@@ -109,7 +109,7 @@ def apply(table: pa.Table, cfg: MetaclipConfig, artifact: pa.Table | None) -> pa
         matches = pa.array([], pa.list_(pa.int32()))
     probability = keep_probability(matches, artifact.column("p").to_numpy())
     keep = uid_uniform(table.column("uid"), cfg.seed, "metaclip") < probability
-    no_text = np.asarray(pc.is_null(table.column("text")).to_numpy(zero_copy_only=False), dtype=bool)
+    no_text = np.asarray(pc.is_null(matches).to_numpy(zero_copy_only=False), dtype=bool)  # a null caption
     no_match = np.diff(matches.offsets.to_numpy()) == 0
     reason = np.where(no_text, "no_text", np.where(no_match, "no_match", np.where(keep, None, "not_sampled")))
     return pa.table({"metaclip_keep": pa.array(keep, pa.bool_()),
@@ -130,7 +130,7 @@ def check_inputs(cfg: MetaclipConfig, manifests: dict[str, dict]) -> None:
 
 
 def reads(cfg: MetaclipConfig) -> tuple[str, ...]:
-    return ("uid", "text", "metaclip_entries")
+    return ("uid", "metaclip_entries")  # null entries: a null caption
 
 
 STAGE = Stage(

@@ -7,7 +7,7 @@ stage counts and balances over the column written here (a recipe's ``metaclip`` 
 first by itself, see ``Stage.before``).
 
 Column added: ``metaclip_entries`` (list<int32>: the ascending ids of the matched entries; empty
-when none, and for a null caption). The ``metaclip_`` prefix is the method's: the column belongs to
+when none; null for a null caption, so the balancing needs no other column). The ``metaclip_`` prefix is the method's: the column belongs to
 MetaCLIP's output whichever of its two stages writes it.
 
 Metadata: a JSON list of strings (.json/.json.gz) or one entry per line; blank entries never
@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from curate.contract import Stage
+from curate.contract import Stage, file_field
 from curate.errors import RecipeError
 from curate.fingerprint import file_sha256
 from curate.kernels.metaclip_match import Matcher
@@ -38,7 +39,7 @@ _MATCHERS: dict[tuple, Matcher] = {}
 class MetaclipMatchConfig:
     # JSON list of strings (.json/.json.gz) or one entry per line; a bare file name that is not
     # a file in the working directory is looked up among the shipped metadata (curate.resources)
-    metadata: str = DEFAULT_METADATA
+    metadata: str = file_field(DEFAULT_METADATA)
 
     def __post_init__(self):
         if not Path(resolve_metadata(self.metadata)).is_file():
@@ -57,7 +58,11 @@ def matcher(path: str) -> Matcher:
 
 
 def apply(table: pa.Table, cfg: MetaclipMatchConfig, artifact: None) -> pa.Table:
-    return pa.table({"metaclip_entries": matcher(cfg.metadata).match(table.column("text"))})
+    text = table.column("text")
+    matches = matcher(cfg.metadata).match(text)
+    if text.null_count:
+        matches = pc.if_else(pc.is_null(text.combine_chunks()), pa.scalar(None, matches.type), matches)
+    return pa.table({"metaclip_entries": matches})
 
 
 def describe(cfg: MetaclipMatchConfig) -> dict:

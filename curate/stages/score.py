@@ -44,7 +44,7 @@ import pyarrow as pa
 
 from curate.contract import Fit, Pass, Stage
 from curate.errors import RecipeError
-from curate.kernels.embeddings import check_model, embedding_columns
+from curate.kernels.embeddings import check_embeddings, embedding_columns
 from curate.kernels.quantile import BUCKET_BITS, HISTOGRAM, LOW_MASK, find_rank, histogram, key_value, order_keys
 from curate.kernels.rules import decide, float_values
 from curate.kernels.vectors import cosine, embedding_matrix
@@ -65,6 +65,7 @@ class ScoreConfig:
     fraction: float | None = 0.3        # keep the top fraction of the whole pool ...
     threshold: float | None = None      # ... or every score >= threshold (exactly one of the two)
     model: str | None = None            # refuse embeddings whose manifest names another model
+    random_weights_ok: bool = False     # accept embeddings made with random weights (recipe: random_weights)
 
     def __post_init__(self):
         if (self.embeddings is None) == (self.score_column is None):
@@ -173,7 +174,8 @@ def reads(cfg: ScoreConfig) -> tuple[str, ...]:
 
 
 def check_inputs(cfg: ScoreConfig, manifests: dict[str, dict]) -> None:
-    check_model("score", cfg.embeddings, cfg.model, manifests)
+    if cfg.embeddings is not None:
+        check_embeddings("score", cfg.embeddings, cfg.model, cfg.random_weights_ok, manifests)
 
 
 STAGE = Stage(

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from curate.contract import Stage
 from curate.errors import RecipeError
-from curate.kernels.embeddings import MODALITIES, vector_names, vector_specs
+from curate.kernels.embeddings import MODALITIES, check_embeddings, vector_names, vector_specs
 from curate.kernels.vectors import unit_vectors
 
 BLOCK_ELEMENTS = 1 << 24  # similarities computed at once (64 MiB of float32)
@@ -48,6 +48,7 @@ class SemDedupConfig:
     embeddings: str = "b32"            # must be the cluster stage's embeddings and modality
     modality: str = "image"
     prefer_column: str | None = None   # order by this column (descending) instead of distance
+    random_weights_ok: bool = False     # accept embeddings made with random weights (recipe: random_weights)
 
     def __post_init__(self):
         if not 0.0 <= self.eps <= 2.0 or self.modality not in MODALITIES:
@@ -108,6 +109,7 @@ def apply(table: pa.Table, cfg: SemDedupConfig, artifact: pa.Table | None = None
 
 
 def check_inputs(cfg: SemDedupConfig, manifests: dict[str, dict]) -> None:
+    check_embeddings("semdedup", cfg.embeddings, None, cfg.random_weights_ok, manifests)
     fitted = (manifests.get("cluster") or {}).get("config", {})
     for key in ("embeddings", "modality"):
         if key in fitted and fitted[key] != getattr(cfg, key):

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate.contract import Stage
+from curate.contract import Stage, file_field
 from curate.errors import RecipeError
 from curate.kernels.rules import decide, is_null
 from curate.models.langid import fasttext_top1
@@ -67,7 +67,7 @@ DETACHMENTS = {
 class TextBasedConfig:
     # Defaults: DataComp's text-based baseline (Gadre et al. 2023).
     language: str = "en"           # fastText top-1 label required
-    table: str = DEFAULT_TABLE     # WordNet 3.0 + ImageNet-21k lookup (metadata/build_text_based.py)
+    table: str = file_field(DEFAULT_TABLE)  # WordNet 3.0 + ImageNet-21k lookup (metadata/build_text_based.py)
 
 
 class WordNetLookup:

@@ -20,17 +20,20 @@ checked unique at the end.
 from __future__ import annotations
 
 import logging
+import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
-from curate.errors import PoolError
+from curate.errors import PoolError, RunDirError
+from curate.fingerprint import file_signature
 from curate.kernels.embeddings import EMBEDDINGS_DIR, encode
-from curate.pool import POOL_INFO, check_unique_uids, list_shards, parquet_file, read_shard
-from curate.runio import atomic_write_json, atomic_write_table, is_done, mark_done, write_manifest
+from curate.outputs import claim, directory_lock
+from curate.pool import POOL_INFO, check_unique_uids, list_shards, parquet_file, pool_info, read_shard, scan_shards
+from curate.progress import Progress
+from curate.runio import MARKER_DIR, atomic_write_json, atomic_write_table, is_done, mark_done, read_json, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -38,34 +41,76 @@ log = logging.getLogger(__name__)
 MODELS = {"b32": ("ViT-B-32", "openai", 512), "l14": ("ViT-L-14", "openai", 768)}
 
 
-def import_datacomp(src: Path, out: Path) -> dict:
-    """Import every `<name>.parquet` + `<name>.npz` pair of `src` into the pool `out`."""
+def import_datacomp(src: Path, out: Path, *, overwrite: bool = False) -> dict:
+    """Import every `<name>.parquet` + `<name>.npz` pair of `src` into the pool `out`.
+
+    An identical earlier import (same source files, by signature) is kept; an unfinished one is
+    resumed; an import of other files is replaced only with ``overwrite``; a folder of files curate
+    did not write is refused."""
     src, out = Path(src), Path(out)
-    parquets = list_shards(src)
-    models = check_npz_files(parquets)
-    out.mkdir(parents=True, exist_ok=True)
+    with directory_lock(out):
+        parquets = list_shards(src)
+        models = check_npz_files(parquets)
+        source = {p.name: [file_signature(p), file_signature(p.with_suffix(".npz"))] for p in parquets}
+        info = pool_info(out) if out.is_dir() else None
+        if info and info.get("status") == "complete" and info.get("source_files") == source:
+            scan_shards(out)  # still the shards it wrote
+            log.info("%s already holds the import of %s: skipping", out, src)
+            return info
+        prepare_import(out, info, source, overwrite)
+        begin = {"status": "writing", "command": "import-datacomp", "source": str(src.resolve()), "format": "datacomp",
+                 "source_files": source}
+        atomic_write_json(begin, out / POOL_INFO)
+        rows = import_shards(parquets, out, models, source)
+        check_unique_uids(out)
+        write_sidecar_manifests(out, models, src, len(parquets), rows)
+        info = {**begin, "status": "complete", "rows": rows, "shards": len(parquets),
+                "shard_files": {shard.path.name: shard.rows for shard in scan_shards(out, complete=False)},
+                "embeddings": {model: {"model": MODELS[model][0], "pretrained": MODELS[model][1],
+                                       "dim": MODELS[model][2], "path": f"{EMBEDDINGS_DIR}/{model}"}
+                               for model in models}}
+        atomic_write_json(info, out / POOL_INFO)
+    log.info("imported %d DataComp samples in %d shard(s) with embeddings %s into %s",
+             rows, len(parquets), list(models), out)
+    return info
+
+
+def prepare_import(out: Path, info: dict | None, source: dict, overwrite: bool) -> None:
+    claim(out, POOL_INFO, "pool")
+    if info is None or info.get("source_files") == source:
+        return  # a new pool, or an unfinished import of the same files: resume it
+    if info.get("status") == "complete" and not overwrite:
+        raise RunDirError(f"{out}: holds an import of {info.get('source')} made from other files (they changed, "
+                          f"or another source); pass --overwrite to replace it")
+    for name in info.get("shard_files") or info.get("source_files") or {}:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / EMBEDDINGS_DIR, ignore_errors=True)
+    shutil.rmtree(out / MARKER_DIR, ignore_errors=True)
+
+
+def import_shards(parquets: list[Path], out: Path, models: list[str], source: dict) -> int:
     rows = 0
-    for index, parquet in enumerate(tqdm(parquets, desc="import datacomp", unit="shard")):
-        if is_done(out, parquet.stem, out / parquet.name):
-            rows += parquet_file(out / parquet.name).metadata.num_rows
-            continue
-        rows += import_shard(parquet, out, models, f"part-{index:05d}")
-        mark_done(out, parquet.stem, {"shard": parquet.name, "models": models})
-    check_unique_uids(out)
+    with Progress("import datacomp", len(parquets), "shard") as progress:
+        for index, parquet in enumerate(parquets):
+            marker = out / MARKER_DIR / f"{parquet.stem}.json"
+            same_source = marker.is_file() and read_json(marker).get("source") == source[parquet.name]
+            if same_source and is_done(out, parquet.stem, out / parquet.name):
+                rows += parquet_file(out / parquet.name).metadata.num_rows
+            else:
+                rows += import_shard(parquet, out, models, f"part-{index:05d}")
+                mark_done(out, parquet.stem, {"shard": parquet.name, "models": models, "source": source[parquet.name]},
+                          out / parquet.name)
+            progress.update()
+    return rows
+
+
+def write_sidecar_manifests(out: Path, models: list[str], src: Path, shards: int, rows: int) -> None:
     for model in models:
         name, pretrained, dim = MODELS[model]
         write_manifest(out / EMBEDDINGS_DIR / model, stage="embed", status="complete", layout="pool-shards",
                        columns=["image_emb", "text_emb"], fingerprint=f"datacomp-npz-{model}-{rows}",
-                       model=name, pretrained=pretrained, dim=dim, preprocess="datacomp release",
-                       source="datacomp npz", src=str(src.resolve()), shards=len(parquets), rows=rows)
-    info = {"source": str(src.resolve()), "format": "datacomp", "rows": rows, "shards": len(parquets),
-            "embeddings": {model: {"model": MODELS[model][0], "pretrained": MODELS[model][1],
-                                   "dim": MODELS[model][2], "path": f"{EMBEDDINGS_DIR}/{model}"}
-                           for model in models}}
-    atomic_write_json(info, out / POOL_INFO)
-    log.info("imported %d DataComp samples in %d shard(s) with embeddings %s into %s",
-             rows, len(parquets), list(models), out)
-    return info
+                       model=name, pretrained=pretrained, weights="tag", dim=dim, preprocess="datacomp release",
+                       source="datacomp npz", src=str(src.resolve()), shards=shards, rows=rows)
 
 
 def check_npz_files(parquets: list[Path]) -> list[str]:

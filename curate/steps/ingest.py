@@ -41,9 +41,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from curate.errors import PoolError
-from curate.pool import POOL_INFO, scan_shards
-from curate.runio import atomic_write_json, atomic_write_table, package_versions, read_json
+from curate.errors import PoolError, RunDirError
+from curate.outputs import claim, directory_lock
+from curate.pool import POOL_INFO, pool_info, scan_shards
+from curate.runio import atomic_write_json, atomic_write_table, package_versions
 from curate.steps.url_list import ROW, read_url_list
 
 log = logging.getLogger(__name__)
@@ -62,25 +63,35 @@ RAW_COLUMNS = [ROW, "sha256", "original_width", "original_height", "width", "hei
 def ingest(url_list: Path, out: Path, *, url_col: str = "url", caption_col: str = "caption",
            processes: int = 2, threads: int = 16, resize_mode: str = "no", image_size: int = 512,
            timeout: float = 10.0, retries: int = 0, shard_size: int = 1000,
-           max_caption_chars: int | None = None) -> dict:
+           max_caption_chars: int | None = None, overwrite: bool = False) -> dict:
     """Download `url_list` with img2dataset into the pool directory `out`; returns `_pool.json`."""
     url_list, out = Path(url_list), Path(out)
+    with directory_lock(out):
+        return _ingest(url_list, out, url_col, caption_col, max_caption_chars, overwrite,
+                       {"processes_count": processes, "thread_count": threads, "resize_mode": resize_mode,
+                        "image_size": image_size, "timeout": timeout, "retries": retries,
+                        "number_sample_per_shard": shard_size, "skip_reencode": resize_mode == "no"})
+
+
+def _ingest(url_list: Path, out: Path, url_col: str, caption_col: str, max_caption_chars: int | None,
+            overwrite: bool, options: dict) -> dict:
+    shard_size = options["number_sample_per_shard"]
     inputs, truncated = read_url_list(url_list, url_col, caption_col, max_caption_chars)
     finished = finished_pool(out, url_list, inputs.num_rows)
     if finished is not None:
         log.info("%s already holds the pool of %s (%d rows): skipping", out, url_list, inputs.num_rows)
         return finished
-    options = {"processes_count": processes, "thread_count": threads, "resize_mode": resize_mode,
-               "image_size": image_size, "timeout": timeout, "retries": retries,
-               "number_sample_per_shard": shard_size, "skip_reencode": resize_mode == "no"}
-    prepare_out(out, url_list)
+    prepare_out(out, url_list, overwrite)
+    begin = {"status": "writing", "command": "ingest", "source": str(url_list.resolve()), "format": "img2dataset"}
+    atomic_write_json(begin, out / POOL_INFO)
     work = out / WORK_DIR
     try:
         raw_dirs = run_downloads(inputs, work, options)
         status_counts = write_pool(inputs, raw_files(raw_dirs, inputs, url_list), out, shard_size)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    info = {"source": str(url_list.resolve()), "format": "img2dataset", "rows": inputs.num_rows,
+    info = {**begin, "status": "complete", "rows": inputs.num_rows,
+            "shard_files": {shard.path.name: shard.rows for shard in scan_shards(out, complete=False)},
             "shards": -(-inputs.num_rows // shard_size), "status_counts": dict(sorted(status_counts.items())),
             "columns": POOL_SCHEMA.names, "captions_truncated": truncated,
             "img2dataset": {**options, "rows_with_expected_sha256": pc.count(inputs["sha256"]).as_py()},
@@ -92,34 +103,32 @@ def ingest(url_list: Path, out: Path, *, url_col: str = "url", caption_col: str 
 
 def finished_pool(out: Path, url_list: Path, rows: int) -> dict | None:
     """The `_pool.json` of a complete earlier ingest of the same URL list into `out`, if any."""
-    info_path = out / POOL_INFO
-    if not info_path.is_file():
+    info = pool_info(out) if out.is_dir() else None
+    if not info or info.get("status", "complete") != "complete":
         return None
-    info = read_json(info_path)
     if info.get("source") != str(url_list.resolve()) or info.get("rows") != rows:
         return None
     try:
-        return info if sum(shard.rows for shard in scan_shards(out)) == rows else None
+        scan_shards(out)  # the shards are still the ones written
     except PoolError:
         return None
+    return info
 
 
-def prepare_out(out: Path, url_list: Path) -> None:
-    """Make `out` ready for a fresh pool of `url_list`, dropping stale shards of an unfinished or older run.
-
-    Refuses a folder holding another source's pool or parquet files ingest did not write.
-    """
+def prepare_out(out: Path, url_list: Path, overwrite: bool) -> None:
+    """Make `out` ready for a pool of `url_list`. An empty or new folder is used; a pool ingest
+    wrote from the same URL list (an unfinished run) is replaced; a pool of another source only
+    with ``overwrite``; a folder of files curate did not write never (nothing of it is deleted)."""
+    claim(out, POOL_INFO, "pool")
+    info = pool_info(out) if out.is_dir() else None
+    if info is not None and info.get("source") != str(url_list.resolve()) and not overwrite:
+        raise RunDirError(f"{out}: holds the pool of {info.get('source')}, not of {url_list}; pass --overwrite to "
+                          f"replace it, or choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    info_path = out / POOL_INFO
-    if info_path.is_file() and read_json(info_path).get("source") != str(url_list.resolve()):
-        raise PoolError(f"{out}: holds the pool of {read_json(info_path).get('source')}, not of {url_list}; "
-                        "use an empty folder")
-    foreign = [p.name for p in out.glob("*.parquet") if not SHARD_NAME.match(p.name)]
-    if foreign:
-        raise PoolError(f"{out}: holds parquet files that are not ingest shards {foreign[:5]}; use an empty folder")
-    info_path.unlink(missing_ok=True)
-    for stale in out.glob("*.parquet"):
-        stale.unlink()
+    written = set((info or {}).get("shard_files") or ()) | {p.name for p in out.glob("*.parquet") if SHARD_NAME.match(p.name)}
+    for name in written:
+        (out / name).unlink(missing_ok=True)
+    (out / POOL_INFO).unlink(missing_ok=True)
     shutil.rmtree(out / WORK_DIR, ignore_errors=True)
 
 

@@ -35,8 +35,6 @@ the same settings and inputs skips done shards, other settings or inputs rewrite
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import shutil
@@ -52,9 +50,11 @@ import pyarrow.parquet as pq
 
 from curate.engines import Session, open_session
 from curate.engines.plan import remove_temporaries
+from curate.fingerprint import digest, file_signature
+from curate.outputs import claim, directory_lock
 from curate.errors import ReshardError
 from curate.pool import Shard, parquet_file, read_shard, scan_shards
-from curate.runio import read_json, read_manifest, write_manifest
+from curate.runio import MANIFEST, read_json, read_manifest, write_manifest
 from curate.steps.resharding import COPY, POOL_ROW, POOL_SHARD, SAMPLE, SHARD, WORK, run_local, run_spark
 from curate.steps.tars import FACES, attach_curation, check_face_boxes, json_type, load_curation
 from curate.uid import SUBSET_DTYPE, pairs_to_uids, uid_pairs, uid_uniform
@@ -95,7 +95,11 @@ def reshard(source: Path, out: Path, cfg: ReshardConfig = ReshardConfig(), *, po
     if session is None:
         with open_session("local", workers=workers) as opened:
             return reshard(source, out, cfg, pool=pool, session=opened)
-    started, source, out = time.perf_counter(), Path(source), Path(out)
+    return _reshard(Path(source), Path(out), cfg, pool, session)
+
+
+def _reshard(source: Path, out: Path, cfg: ReshardConfig, pool: Path | None, session: Session) -> dict:
+    started = time.perf_counter()
     pool = Path(pool) if pool else pool_of_run(source)
     shards = scan_shards(pool)
     pool_schema = check_pool_schema(pool, shards, cfg)
@@ -109,6 +113,13 @@ def reshard(source: Path, out: Path, cfg: ReshardConfig = ReshardConfig(), *, po
     spec = ShardSpec(str(out), cfg, (cfg.image_column, cfg.text_column, *pool_json, *extra),
                      tuple(sorted(pool_json + curation.column_names[1:])), max(9, len(str(plan.num_rows - 1))))
     fingerprint = _fingerprint(cfg, [s.path for s in shards] + selection_files + curation_files)
+    with directory_lock(out):  # everything above only read; from here on OUT is written
+        return _write(plan, shards, spec, fingerprint, clipped, selection, source, pool, session, started)
+
+
+def _write(plan: pa.Table, shards: list[Shard], spec: ShardSpec, fingerprint: str, clipped: list[str],
+           selection: np.ndarray, source: Path, pool: Path, session: Session, started: float) -> dict:
+    cfg, out = spec.cfg, Path(spec.out)
     shard_count = math.ceil(plan.num_rows / cfg.shard_size)
     todo = _prepare(out, fingerprint, shard_count)
     unique = len(np.unique(selection))
@@ -150,7 +161,11 @@ def load_selection(source: Path) -> tuple[np.ndarray, list[Path]]:
     """The selected uid pairs (repeats kept) and the files they came from."""
     npy = source if source.suffix == ".npy" else source / "subset.npy"
     if npy.is_file():
-        pairs = np.load(npy)
+        try:
+            pairs = np.load(npy, allow_pickle=False)
+        except (ValueError, OSError) as error:  # pickled object arrays, truncated or foreign files
+            raise ReshardError(f"{npy}: not a DataComp subset .npy ({error}); it must hold a plain array of "
+                               f"dtype u8,u8") from None
         if pairs.dtype != SUBSET_DTYPE:
             raise ReshardError(f"{npy}: dtype {pairs.dtype}; a DataComp subset is exactly np.dtype('u8,u8')")
         return pairs, [npy]
@@ -201,16 +216,14 @@ def shuffle_order(plan: pa.Table, seed: int) -> np.ndarray:
 
 
 def _fingerprint(cfg: ReshardConfig, files: list[Path]) -> str:
-    key = {"config": asdict(cfg), "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return digest({"config": asdict(cfg), "files": [[p.name, file_signature(p)] for p in files]})
 
 
 def _prepare(out: Path, fingerprint: str, shard_count: int) -> list[int]:
     """Clear an output of other settings or inputs; return the shards still to write."""
+    claim(out, MANIFEST, "reshard")
     remove_temporaries(out)
     manifest = read_manifest(out)
-    if manifest is None and out.exists() and any(out.iterdir()):
-        raise ReshardError(f"{out}: not empty and not a reshard output; choose an empty directory")
     if manifest is not None and manifest.get("fingerprint") != fingerprint:
         log.warning("reshard: %s was written with other settings or inputs; rewriting it", out)
         for path in [*out.glob("*.tar"), *out.glob("*_stats.json")]:

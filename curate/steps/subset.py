@@ -18,7 +18,6 @@ it; DataComp drops such samples. The written rows keep their NaN values unchange
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -29,12 +28,13 @@ import pyarrow.parquet as pq
 
 from curate.contract import Stage
 from curate.engines import Session
-from curate.engines.plan import remove_temporaries, require_local_layout
+from curate.engines.plan import prepare_output, require_local_layout
 from curate.errors import PoolError, RecipeError
-from curate.fingerprint import digest
+from curate.fingerprint import digest, file_signature
+from curate.outputs import directory_lock
 from curate.pool import Shard, parquet_file, read_shard, scan_shards
 from curate.runio import atomic_write_table, done_stats, is_done, mark_done, read_manifest, write_manifest
-from curate.selection import Select, parse_select
+from curate.selection import Select, evaluate, parse_select
 from curate.uid import uid_pairs, write_datacomp_subset
 
 log = logging.getLogger(__name__)
@@ -69,29 +69,27 @@ def check_select_plan(select: str, shards: list[Shard], stages: list[Stage]) -> 
     return parsed
 
 
-def _fingerprint(select: Select, out_dir: Path, stage_names: list[str]) -> str:
-    return digest([select.sql] + [read_manifest(out_dir / name)["fingerprint"] for name in stage_names])
+def _inputs(select: Select, out_dir: Path, stage_names: list[str], pool_dir: Path) -> dict[str, str]:
+    inputs = {"select": select.sql, **{f"stage {name}": read_manifest(out_dir / name)["fingerprint"] for name in stage_names}}
+    inputs.update({f"pool shard {shard.path.name}": file_signature(shard.path) for shard in scan_shards(pool_dir)})
+    return inputs
 
-
-def _prepare(out_dir: Path, fingerprint: str) -> bool:
-    subset_dir = out_dir / SUBSET
-    remove_temporaries(subset_dir)
-    manifest = read_manifest(subset_dir)
-    if manifest and manifest.get("fingerprint") == fingerprint:
-        return manifest.get("status") == "complete"
-    if subset_dir.exists():
-        shutil.rmtree(subset_dir)
-    return False
 
 
 def run_subset(pool_dir: Path, out_dir: Path, stage_names: list[str], select: str, session: Session) -> dict:
     """Select rows over the stages' columns into OUT/subset/ and OUT/subset.npy (or keep an identical one)."""
+    with directory_lock(out_dir):
+        return _run_subset(Path(pool_dir), Path(out_dir), stage_names, select, session)
+
+
+def _run_subset(pool_dir: Path, out_dir: Path, stage_names: list[str], select: str, session: Session) -> dict:
     parsed = parse_select(select)
-    fingerprint = _fingerprint(parsed, out_dir, stage_names)
+    inputs = _inputs(parsed, out_dir, stage_names, pool_dir)
+    fingerprint = digest(inputs)
     subset_dir = out_dir / SUBSET
-    if not _prepare(out_dir, fingerprint):
+    if not prepare_output(subset_dir, fingerprint, inputs, SUBSET):
         fields = dict(stage=SUBSET, fingerprint=fingerprint, select=select, sql=parsed.sql, stages=stage_names,
-                      engine=session.engine)
+                      engine=session.engine, input_signatures=inputs)
         if session.engine == "spark":
             rows, rows_in, layout = _subset_spark(pool_dir, out_dir, stage_names, parsed, session.spark, fields)
         else:
@@ -128,16 +126,13 @@ def _subset_partition(task: tuple[Shard, Path, tuple[str, ...], Select]) -> dict
     selected = frame.filter(select_mask(frame, select)).to_arrow()
     atomic_write_table(selected.cast(table.schema), out_dir / SUBSET / f"{shard.part}.parquet")
     stats = {"part": shard.part, "rows": selected.num_rows, "rows_in": table.num_rows}
-    mark_done(out_dir / SUBSET, shard.part, stats)
+    mark_done(out_dir / SUBSET, shard.part, stats, out_dir / SUBSET / f"{shard.part}.parquet")
     return stats
 
 
 def select_mask(frame: pl.DataFrame, select: Select) -> pl.Series:
     """The select expression's value per row, NaN read as NULL (see the module docstring)."""
-    import polars.selectors as cs
-
-    nulled = frame.with_columns(cs.float().fill_nan(None))
-    return nulled.with_columns(pl.sql_expr(select.sql).fill_null(False).alias(MASK))[MASK]
+    return evaluate(frame, select.sql)
 
 
 def _spark_filter(frame, select: Select):
@@ -167,7 +162,8 @@ def _subset_spark(pool_dir: Path, out_dir: Path, stage_names: list[str], select:
     if any(c not in frame.columns for c in select.columns()):
         missing = [c for c in select.columns() if c not in frame.columns]
         raise RecipeError(f"select {select.text!r} names unknown column(s) {missing}; available: {sorted(frame.columns)}")
-    rows = spark_engine.write_parts(_spark_filter(frame, select), out_dir / SUBSET)
+    rows, part_files = spark_engine.write_parts(_spark_filter(frame, select), out_dir / SUBSET)
+    fields["part_files"] = part_files
     return rows, rows_in, spark_engine.LAYOUT
 
 

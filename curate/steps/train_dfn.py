@@ -71,7 +71,7 @@ class TrainSettings:
 def train_dfn(trusted: Path, out: Path, settings: TrainSettings = TrainSettings()) -> dict[str, Any]:
     """Train (or keep an identical earlier result) and return the contents of OUT/dfn.json."""
     trusted, out = Path(trusted), Path(out)
-    models.resolve(settings.model, settings.init)  # a bad name or init file fails here, not in the trainer
+    models.resolve(settings.model, settings.init or models.RANDOM)  # a bad name or init file fails here, not in the trainer
     if settings.init:
         models.load_model(settings.model, settings.init, "cpu")
     key = {"settings": asdict(settings), "trusted": source_key(trusted),
