@@ -103,8 +103,8 @@ def subset_comparison(pool: Path, out: Path, rows: int, eps: float) -> dict:
     ``semdedup.apply`` on the cluster's rows (after a warm-up call on 1,000 rows: first-call
     costs are not the method's); the references decode and normalise the cluster's rows in
     dedup order, then apply the rule."""
-    from curate.stages import semdedup
     from curate.kernels.vectors import unit_vectors
+    from curate.stages import semdedup
 
     clusters = pq.read_table(sorted((out / "cluster").glob("part-*.parquet")))
     emb = pq.read_table(sorted((pool / "embeddings" / "b32").glob("part-*.parquet")), columns=["image_emb"])

@@ -39,8 +39,8 @@ import pyarrow.parquet as pq
 
 from curate import pipeline
 from curate.kernels.metaclip_match import Matcher
-from curate.resources import load_metadata
 from curate.recipe import parse_recipe
+from curate.resources import load_metadata
 from curate.stages.metaclip import DEFAULT_METADATA, keep_probability, sampling_probabilities
 from curate.uid import derive_uid, uid_uniform
 

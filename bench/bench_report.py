@@ -140,8 +140,8 @@ def phase(name: str, run: Path) -> dict:
     import polars as pl
 
     from curate.reports import html as h
-    from curate.reports.samples import samples_section
     from curate.reports.decisions import decisions
+    from curate.reports.samples import samples_section
     from curate.reports.summary import build_report
     from curate.runio import read_json
 

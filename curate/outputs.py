@@ -18,9 +18,9 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from curate.errors import RunDirError
 

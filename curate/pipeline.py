@@ -15,10 +15,10 @@ from typing import Any
 
 from curate.contract import Stage
 from curate.engines import Session, open_session
+from curate.errors import SafeguardError
 from curate.outputs import claim_run_dir, directory_lock
 from curate.pool import check_pool_schema, check_unique_uids, scan_shards
 from curate.recipe import Recipe
-from curate.errors import SafeguardError
 from curate.reports.decisions import stage_removals
 from curate.reports.summary import build_report, summary
 from curate.runio import atomic_write_json, read_json

@@ -33,9 +33,9 @@ import pyarrow.parquet as pq
 
 from curate.contract import Pass, Stage, config_dict, config_files
 from curate.errors import RecipeError
-from curate.pool import Shard, shard_columns
 from curate.fingerprint import digest, file_signature, tail_digest
 from curate.outputs import claim, clear_own
+from curate.pool import Shard, shard_columns
 from curate.resources import resolve_metadata
 from curate.runio import MANIFEST, MARKER_DIR, atomic_write_table, damaged_parts, read_manifest
 

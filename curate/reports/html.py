@@ -27,8 +27,8 @@ import polars as pl
 from curate.errors import PoolError
 from curate.pool import list_shards, shard_columns
 from curate.reports import page
-from curate.reports.samples import samples_section
 from curate.reports.decisions import decisions
+from curate.reports.samples import samples_section
 from curate.runio import atomic_write_text, read_json
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,15 @@ from curate.kernels.embeddings import EMBEDDINGS_DIR, encode
 from curate.outputs import claim, directory_lock
 from curate.pool import POOL_INFO, check_unique_uids, list_shards, parquet_file, pool_info, read_shard, scan_shards
 from curate.progress import Progress
-from curate.runio import MARKER_DIR, atomic_write_json, atomic_write_table, is_done, mark_done, read_json, write_manifest
+from curate.runio import (
+    MARKER_DIR,
+    atomic_write_json,
+    atomic_write_table,
+    is_done,
+    mark_done,
+    read_json,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 

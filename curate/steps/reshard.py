@@ -50,9 +50,9 @@ import pyarrow.parquet as pq
 
 from curate.engines import Session, open_session
 from curate.engines.plan import remove_temporaries
+from curate.errors import ReshardError
 from curate.fingerprint import digest, file_signature
 from curate.outputs import claim, directory_lock
-from curate.errors import ReshardError
 from curate.pool import Shard, parquet_file, read_shard, scan_shards
 from curate.runio import MANIFEST, read_json, read_manifest, write_manifest
 from curate.steps.resharding import COPY, POOL_ROW, POOL_SHARD, SAMPLE, SHARD, WORK, run_local, run_spark
