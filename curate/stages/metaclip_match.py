@@ -18,6 +18,7 @@ editing the list in place re-runs the matching.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,9 +67,20 @@ def apply(table: pa.Table, cfg: MetaclipMatchConfig, artifact: None) -> pa.Table
 
 
 def describe(cfg: MetaclipMatchConfig) -> dict:
-    """The metadata's digest and size; reading the list here also stops a malformed one early."""
+    """The metadata's digest and size; reading the list here also stops a malformed one early
+    (only parsed: the matcher is built in the workers that match)."""
     path = resolve_metadata(cfg.metadata)
-    return {"metadata_sha256": file_sha256(path), "metadata_entries": matcher(cfg.metadata).size}
+    return {"metadata_sha256": file_sha256(path), "metadata_entries": entry_count(path)}
+
+
+@functools.lru_cache(maxsize=8)
+def _entry_count(path: str, size: int, mtime_ns: int) -> int:
+    return len(load_metadata(path))
+
+
+def entry_count(path: str) -> int:
+    stat = Path(path).stat()
+    return _entry_count(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def reads(cfg: MetaclipMatchConfig) -> tuple[str, ...]:
