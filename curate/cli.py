@@ -11,233 +11,15 @@ naming what and where, and exits with status 2; `--debug` shows the traceback in
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from curate.engines import ENGINES, open_session
+from curate.commands import ENGINE_ARGS, Command, commands
+from curate.engines import open_session
 from curate.errors import CurateError
-from curate.outputs import claim_run_dir, directory_lock
-from curate.stages import STAGE_MODULES
 
 log = logging.getLogger("curate")
-
-DEFAULT_RECIPE = Path("jobs/recipes/demo.yaml")
-Argument = tuple[tuple[str, ...], dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class Command:
-    help: str
-    arguments: tuple[Argument, ...]
-    run: Callable[[argparse.Namespace], int | None]
-    engine: bool = False   # --engine/--workers/--master, and a session opened for the command
-
-
-def arg(*flags: str, **options: Any) -> Argument:
-    return flags, options
-
-
-POOL = arg("--pool", type=Path, required=True, help="pool directory (parquet shards)")
-OUT = arg("--out", type=Path, required=True, help="run directory; re-running resumes it")
-SET = arg("--set", action="append", default=[], metavar="KEY=VALUE",
-          help="override: stage.key=value, select=EXPR or seed=N (repeatable; values are YAML scalars)")
-ENGINE_ARGS = (arg("--engine", choices=ENGINES, default="local", help="local (default) or spark"),
-               arg("--workers", type=int, default=None, help="local engine processes (default: all cores)"),
-               arg("--master", default=None, help="Spark master (default: spark-submit's, else local[*])"))
-
-
-def run_recipe_command(args: argparse.Namespace) -> None:
-    from curate import pipeline
-    from curate.recipe import load_recipe
-
-    pipeline.run_recipe(load_recipe(args.recipe, args.set), args.pool, args.out, session=args.session,
-                        strict=args.strict)
-
-
-def run_stage_command(args: argparse.Namespace) -> None:
-    from curate import pipeline
-    from curate.recipe import parse_recipe
-
-    overrides = [f"{args.command}.{item}" for item in args.set]
-    recipe = parse_recipe({"stages": {args.command: {}}, "select": "true"}, args.command, overrides,
-                          where="command line")
-    with directory_lock(args.out):
-        claim_run_dir(args.out)
-        pipeline.check_pool(args.pool, args.out)
-        pipeline.preflight(recipe, args.pool)
-        for stage, cfg in recipe.stages:  # with the stages it needs first (e.g. metaclip's matching)
-            manifest = pipeline.run_stage(stage, cfg, args.pool, args.out, session=args.session)
-            log.info("%s: %s rows written to %s", stage.name, manifest.get("rows"), args.out / stage.name)
-
-
-def run_subset_command(args: argparse.Namespace) -> None:
-    from curate.engines.plan import stage_output_columns
-    from curate.steps import subset
-
-    stages = args.stages if args.stages is not None else sorted(stage_output_columns(args.out))
-    manifest = subset.run_subset(args.pool, args.out, stages, args.select, args.session)
-    log.info("subset: %s of %s rows selected; wrote %s", manifest["rows"], manifest["rows_in"], args.out / subset.SUBSET_NPY)
-
-
-def run_ingest(args: argparse.Namespace) -> None:
-    from curate.steps.ingest import ingest
-
-    result = ingest(args.url_list, args.out, url_col=args.url_col, caption_col=args.caption_col,
-                    processes=args.processes, threads=args.threads, resize_mode=args.resize_mode,
-                    image_size=args.image_size, timeout=args.timeout, retries=args.retries, shard_size=args.shard_size,
-                    overwrite=args.overwrite)
-    print(json.dumps(result, indent=2, default=str))
-
-
-def run_import(args: argparse.Namespace) -> None:
-    from curate.steps.datacomp import import_datacomp
-
-    print(json.dumps(import_datacomp(args.src, args.out, overwrite=args.overwrite), indent=2, default=str))
-
-
-def run_demo_pool(args: argparse.Namespace) -> None:
-    from curate.demo.pool import make_demo_pool
-
-    print(json.dumps(make_demo_pool(args.out, n=args.n, seed=args.seed), indent=2, default=str))
-
-
-def run_demo(args: argparse.Namespace) -> None:
-    from curate.demo.run import run_demo as demo
-
-    demo(args.out, n=args.n, recipe_path=args.recipe, overrides=args.set, session=args.session)
-
-
-def run_reshard(args: argparse.Namespace) -> None:
-    from curate.steps.reshard import ReshardConfig, reshard
-
-    cfg = ReshardConfig(shard_size=args.shard_size, shuffle=args.shuffle, seed=args.seed, blur_faces=args.blur_faces)
-    manifest = reshard(args.run_dir, args.out, cfg, pool=args.pool, session=args.session)
-    print(json.dumps({key: manifest[key] for key in ("samples", "shards", "successes", "failures", "bytes")}, indent=2))
-
-
-def run_concepts(args: argparse.Namespace) -> int:
-    from curate.reports.concepts import run_report
-
-    return run_report(args.run_dir, args.pool, args.concepts)
-
-
-def run_train_dfn(args: argparse.Namespace) -> None:
-    from curate.steps.train_dfn import TrainSettings, train_dfn
-
-    settings = TrainSettings(model=args.model, init=args.init, epochs=args.epochs, batch_size=args.batch_size,
-                             lr=args.lr, device=args.device)
-    info = train_dfn(args.trusted, args.out, settings)
-    print(json.dumps({key: info[key] for key in ("model", "samples", "skipped", "final_loss", "seconds")}, indent=2))
-
-
-def run_report(args: argparse.Namespace) -> None:
-    from curate.reports.summary import summary
-    from curate.runio import read_json
-
-    print(summary(read_json(args.run_dir / "report.json")))
-    if not args.no_html:
-        from curate.reports.html import write_html_report
-
-        print(f"wrote {write_html_report(args.run_dir, args.pool)}")
-
-
-def _train_defaults() -> dict[str, Any]:
-    from curate.steps.train_dfn import TrainSettings
-
-    return {"epochs": TrainSettings.epochs, "batch_size": TrainSettings.batch_size, "lr": TrainSettings.lr}
-
-
-RESHARD = Command("write a run's selected samples as webdataset tar shards", (
-    arg("run_dir", type=Path, help="run directory (its subset.npy or subset/), or a subset .npy"),
-    arg("--pool", type=Path, default=None, help="pool with image bytes (default: from RUN_DIR/_run.json)"),
-    arg("--out", type=Path, required=True, help="directory for {:08d}.tar shards; re-running resumes"),
-    arg("--shard-size", type=int, default=10000, help="samples per shard; default %(default)s"),
-    arg("--shuffle", action="store_true", help="order by a hash of (uid, seed), not the pool's order"),
-    arg("--seed", type=int, default=0),
-    arg("--blur-faces", action="store_true", help="blur the face_bboxes boxes (DataComp pools)")),
-    run_reshard, engine=True)
-
-
-def pipeline_commands() -> dict[str, Command]:
-    return {
-        "run": Command("run a recipe: every stage, the subset, subset.npy and report.json",
-                       (arg("recipe", type=Path, help="recipe YAML, e.g. jobs/recipes/web_default.yaml"), POOL, OUT, SET,
-                        arg("--strict", action="store_true", help="stop (exit 2) when a stage removes more than the "
-                            "recipe's max_removed_share (default 0.9) of the pool, or the select keeps nothing")),
-                       run_recipe_command, engine=True),
-        "subset": Command("select rows from stage columns; write subset/ and subset.npy", (
-            POOL, arg("--out", type=Path, required=True, help="run directory holding the stage outputs"),
-            arg("--select", required=True, help="boolean expression, e.g. \"basic_keep AND align_keep\""),
-            arg("--stages", nargs="*", default=None, help="stages to join (default: all complete ones)")),
-            run_subset_command, engine=True),
-        "demo": Command("the whole demo: generate, serve, ingest, run the demo recipe", (
-            arg("--out", type=Path, default=Path("out/demo")), arg("--n", type=int, default=3000),
-            arg("--recipe", type=Path, default=DEFAULT_RECIPE), SET), run_demo, engine=True),
-        "reshard": RESHARD,
-    }
-
-
-def pool_commands() -> dict[str, Command]:
-    train = _train_defaults()
-    return {
-        "ingest": Command("download a URL list with img2dataset into a parquet pool", (
-            arg("url_list", type=Path, help="parquet, csv or tsv with url and caption columns"),
-            arg("--out", type=Path, required=True, help="pool directory to write"),
-            arg("--url-col", default="url"), arg("--caption-col", default="caption"),
-            arg("--processes", type=int, default=2), arg("--threads", type=int, default=16),
-            arg("--resize-mode", default="no", help="img2dataset resize mode; 'no' keeps original bytes"),
-            arg("--image-size", type=int, default=512),
-            arg("--timeout", type=float, default=10.0, help="seconds per download"),
-            arg("--retries", type=int, default=0),
-            arg("--shard-size", type=int, default=10000, help="samples per pool shard"),
-            arg("--overwrite", action="store_true", help="replace a pool curate wrote there from another URL list")),
-            run_ingest),
-        "import-datacomp": Command("import a DataComp pool (parquet + npz) with its embeddings",
-                                   (arg("--src", type=Path, required=True), arg("--out", type=Path, required=True),
-                                    arg("--overwrite", action="store_true",
-                                        help="replace an import of other source files")), run_import),
-        "demo-pool": Command("generate the synthetic demo pool with known defects", (
-            arg("--out", type=Path, required=True), arg("--n", type=int, default=3000),
-            arg("--seed", type=int, default=0)), run_demo_pool),
-        "train-dfn": Command("train a data filtering network (open_clip_train) on a trusted set", (
-            arg("--trusted", type=Path, required=True, help="trusted pool (parquet with jpg, text) or .tar shards"),
-            arg("--out", type=Path, required=True, help="writes OUT/dfn.pt (embed: pretrained=OUT/dfn.pt), OUT/dfn.json"),
-            arg("--model", default="curate-tiny-vit", help="open_clip architecture"),
-            arg("--init", default=None, help="checkpoint to fine-tune (default: from scratch)"),
-            arg("--epochs", type=int, default=train["epochs"], help="default %(default)s (the demo DFN's)"),
-            arg("--batch-size", type=int, default=train["batch_size"], help="default %(default)s"),
-            arg("--lr", type=float, default=train["lr"], help="peak learning rate, cosine schedule; default %(default)s"),
-            arg("--device", default="auto", help="auto (cuda when visible), cpu or cuda")), run_train_dfn),
-    }
-
-
-def report_commands() -> dict[str, Command]:
-    return {
-        "report": Command("print the summary of a run directory's report.json; write report.html", (
-            arg("run_dir", type=Path),
-            arg("--no-html", action="store_true", help="only print the summary; skip RUN_DIR/report.html"),
-            arg("--pool", type=Path, default=None, help="pool directory (default: from RUN_DIR/_run.json)")), run_report),
-        "metaclip-report": Command("MetaCLIP entry/concept frequencies of a run directory", (
-            arg("run_dir", type=Path),
-            arg("--pool", type=Path, default=None, help="pool directory (default: from RUN_DIR/_run.json)"),
-            arg("--concepts", type=Path, default=None, help="concept list, e.g. ImageNet class names")), run_concepts),
-    }
-
-
-def commands() -> dict[str, Command]:
-    """Every `curate` subcommand: the pipeline, pool and report commands, and one per stage."""
-    table = {**pipeline_commands(), **pool_commands(), **report_commands()}
-    for name in STAGE_MODULES:
-        table[name] = Command(f"run the {name} stage alone (adds its columns under OUT/{name}/)",
-                              (POOL, OUT, arg("--set", action="append", default=[], metavar="KEY=VALUE",
-                                              help="config override, e.g. --set min_side=300")),
-                              run_stage_command, engine=True)
-    return table
 
 
 def build_parser(table: dict[str, Command]) -> argparse.ArgumentParser:
@@ -252,18 +34,42 @@ def build_parser(table: dict[str, Command]) -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(verbose: bool) -> None:
+LOG_FILE = "_curate.log"  # in the command's --out directory, appended: every run's lines, with dates
+
+
+def configure_logging(verbose: bool, out: Path | None = None) -> logging.Handler | None:
+    """Log lines on stderr (tqdm bars instead when it is a terminal, curate.progress) and, for a
+    command with --out, appended to OUT/_curate.log, so a run can be followed with `tail -f`."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("py4j", "urllib3", "PIL", "faiss.loader"):  # faiss.loader: "could not load AVX2" at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if out is None or out.is_symlink() or (out.exists() and not out.is_dir()):
+        return None
+    if out.is_dir() and any(out.iterdir()) and not any(p.name.startswith("_") for p in out.iterdir()):
+        return None  # someone else's folder: the command will refuse it; write nothing there
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logging.getLogger().addHandler(handler)
+    return handler
 
 
 def main(argv: list[str] | None = None) -> int:
     table = commands()
     args = build_parser(table).parse_args(argv)
-    configure_logging(args.verbose)
-    command = table[args.command]
+    out = getattr(args, "out", None)
+    handler = configure_logging(args.verbose, out if isinstance(out, Path) else None)
+    log.info("curate %s", " ".join(argv if argv is not None else sys.argv[1:]))
+    try:
+        return run_command(table[args.command], args)
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def run_command(command: Command, args: argparse.Namespace) -> int:
     try:
         if not command.engine:
             return command.run(args) or 0
@@ -273,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     except CurateError as error:
         if args.debug:
             raise
+        log.debug("%s", error, exc_info=True)
         print(f"curate {args.command}: error: {error}", file=sys.stderr)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.stream.write(f"error: {error}\n")
         return 2
     except KeyboardInterrupt:
         print(f"curate {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -67,7 +67,7 @@ def download(source: Path, pool: Path, workers: int | None) -> None:
         atomic_write_table(materialize_urls(source / "urls.parquet", base_url), urls_path)
         log.info("serving the demo pool at %s; downloading with img2dataset", base_url)
         ingest(urls_path, pool, processes=max(1, min(workers or 2, 2)), threads=32,
-               timeout=DOWNLOAD_TIMEOUT, shard_size=1000)
+               timeout=DOWNLOAD_TIMEOUT)
     shutil.copyfile(source / "ground_truth.parquet", pool / GROUND_TRUTH)
 
 

@@ -17,8 +17,10 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from curate.engines import plan as planning
 from curate.engines.failures import local_failures, marked, spark_failure
 from curate.fingerprint import tail_digest
 from curate.pool import Shard, repair_text, scan_shards
+from curate.progress import interval
 from curate.runio import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -95,12 +98,37 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, spark=No
         return read_manifest(plan.stage_dir)
     write_manifest(plan.stage_dir, **planning.manifest_fields(plan, "spark", LAYOUT, "running"))
     try:
-        return _run(plan, shards, out_dir, spark)
+        with progress_lines(spark, stage.name):
+            return _run(plan, shards, out_dir, spark)
     except Exception as error:
         failure = spark_failure(error, shards)
         if failure is None:
             raise
         raise failure from None
+
+
+@contextmanager
+def progress_lines(spark, label: str) -> Iterator[None]:
+    """While a stage runs on Spark, log its active Spark stages' finished/total tasks every
+    CURATE_PROGRESS_SECONDS (curate.progress), so a run whose output is a file shows where it is."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        tracker = spark.sparkContext.statusTracker()
+        while not stop.wait(interval()):
+            for stage_id in tracker.getActiveStageIds():
+                info = tracker.getStageInfo(stage_id)
+                if info is not None:
+                    log.info("%s: Spark stage %d: %d/%d tasks done, %d running", label, stage_id,
+                             info.numCompletedTasks, info.numTasks, info.numActiveTasks)
+
+    thread = threading.Thread(target=watch, name=f"curate-progress-{label}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _run(plan: planning.Plan, shards: list[Shard], out_dir: Path, spark) -> dict:

@@ -1,7 +1,11 @@
 """The HTML curation report: OUT/report.html, one self-contained page per finished run.
 
-- the funnel: rows left after each stage (cumulative AND of ``<stage>_keep`` in recipe order),
-  rows removed per stage and reason, the demo pool's ground-truth precision and recall;
+- warnings (a stage removing more than the recipe's max_removed_share, an empty selection);
+- the funnel: rows left after each term of the recipe's ``select``, in select order, and rows
+  removed per stage and reason, each removal under the stage that owns it;
+- the ground truth when the pool has one (curate.reports.truth): per stage precision and recall
+  against its declared targets, per defect the rows left in the subset, clean samples kept,
+  SemDeDup's planted pairs;
 - score histograms, threshold marked: ``score_clip`` (threshold: the score stage's fitted
   artifact) and the LAION-2B rule's score column (``min_score``);
 - MetaCLIP's head/tail curve (Xu et al. 2023, "Demystifying CLIP Data"), entry counts before and
@@ -46,8 +50,9 @@ def write_html_report(run_dir: Path, pool_dir: Path | None = None) -> Path:
         raise PoolError(f"{run_dir}: the run's pool {pool_dir} is not a directory (pass --pool)")
     stage_names = list(report["stages"])
     table = decisions(pool_dir, run_dir, stage_names)
-    sections = [_header(report, run_dir), _funnel(report, table, stage_names), _scores(report, run_dir, pool_dir),
-                _metaclip(report, run_dir), _clusters(run_dir), samples_section(table, stage_names, run_dir, pool_dir)]
+    sections = [_header(report, run_dir), _warnings(report), _funnel(report), _truth(report),
+                _scores(report, run_dir, pool_dir), _metaclip(report, run_dir), _clusters(run_dir),
+                samples_section(table, stage_names, run_dir, pool_dir)]
     document = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>curate report: {page.esc(run_dir.name)}"
                 f"</title><style>{page.STYLE}</style></head><body>{''.join(s for s in sections if s)}</body></html>")
     path = run_dir / REPORT_HTML
@@ -60,35 +65,56 @@ def _header(report: dict, run_dir: Path) -> str:
     recipe = report.get("recipe", {})
     facts = [["run directory", str(run_dir)], ["pool", report.get("pool")], ["recipe", recipe.get("name")],
              ["engine", report.get("engine")], ["select", report.get("select")],
-             ["rows in", report["rows_in"]], ["rows out", report["rows_out"]]]
+             ["rows in", report["rows_in"]], ["rows out", report["rows_out"]],
+             ["download status", ", ".join(f"{k} {v}" for k, v in (report.get("download_status") or {}).items())],
+             ["seconds", report.get("seconds")]]
     return "<h1>Curation report</h1>" + page.table(["", ""], facts)
 
 
-def _funnel(report: dict, table: pl.DataFrame, stage_names: list[str]) -> str:
-    steps, mask = [("pool", table.height)], pl.lit(True)
-    if "status" in table.columns:
-        mask = pl.col("status") == "success"
-        steps.append(("downloaded", int(table.select(mask.sum()).item())))
-    for name in stage_names:
-        mask = mask & pl.col(f"{name}_keep").fill_null(False)
-        steps.append((f"+ {name}", int(table.select(mask.sum()).item())))
-    steps.append(("selected", report["rows_out"]))
+def _warnings(report: dict) -> str:
+    items = "".join(f"<li>{page.esc(w['message'])}</li>" for w in report.get("warnings", []))
+    return f"<div class='warn'><b>Warnings</b><ul>{items}</ul></div>" if items else ""
+
+
+def _funnel(report: dict) -> str:
+    steps = [(s["step"], s["rows_left"]) for s in report.get("funnel", [])]
     removals = [(f"{name}: {reason}", n, f"C{index}") for index, (name, info) in enumerate(report["stages"].items())
                 for reason, n in info["by_reason"].items()]
-    figure, (left, right) = page.subplots(1, 2, figsize=(11, 0.35 * max(len(steps), len(removals)) + 1.5))
-    left.barh([s for s, _ in steps][::-1], [n for _, n in steps][::-1], color="#4a7")
-    left.set_title("rows left (stages ANDed in recipe order)")
+    figure, (left, right) = page.subplots(1, 2, figsize=(11, 0.35 * max(len(steps), len(removals), 1) + 1.5))
+    left.barh([label[:40] for label, _ in steps][::-1], [n for _, n in steps][::-1], color="#4a7")
+    left.set_title("rows left after each term of select")
     for label, n, color in removals[::-1]:
         right.barh(label, n, color=color)
-    right.set_title("rows removed, by stage and reason")
-    truth = report.get("ground_truth", {}).get("stages", {})
-    rows = [[name, info["removed"], info["removed_only_by_this_stage"],
-             ", ".join(f"{reason} {n}" for reason, n in info["by_reason"].items()),
-             truth.get(name, {}).get("precision"), truth.get(name, {}).get("recall")]
-            for name, info in report["stages"].items()]
-    header = ["stage", "removed", "removed by this stage only", "by reason", "precision (ground truth)", "recall"]
-    return ("<h2>Funnel</h2>" + page.figure_html(figure, "funnel") + page.table(["step", "rows left"], steps)
-            + page.table(header, rows))
+    right.set_title("rows removed, by the stage that owns the reason")
+    rows = [[name, info["removed"], info["share_of_pool"], info["removed_only_by_this_stage"],
+             ", ".join(f"{reason} {n}" for reason, n in info["by_reason"].items())] for name, info in report["stages"].items()]
+    funnel_rows = [[s["step"], s["rows_left"], s["removed"]] for s in report.get("funnel", [])]
+    return ("<h2>Funnel</h2>" + page.figure_html(figure, "funnel")
+            + page.table(["select, term by term", "rows left", "removed by this term"], funnel_rows)
+            + page.table(["stage", "removes", "share of pool", "only this stage", "by reason"], rows))
+
+
+def _truth(report: dict) -> str:
+    truth = report.get("ground_truth")
+    if not truth:
+        return ""
+    stages = [[name, ", ".join(info["targets"]) or "(none)", info["precision"], info["recall"],
+               info.get("precision_vs_clean"), ", ".join(f"{d} {n}" for d, n in info["removed_by_defect"].items())]
+              for name, info in truth["stages"].items()]
+    defects = [[defect, info["rows"], info["left_in_subset"]] for defect, info in truth["subset"].items()]
+    parts = ["<h2>Ground truth</h2>",
+             f"<p>clean samples kept: <b>{truth['clean_kept']}</b>; known defects removed: "
+             f"<b>{truth['defects_removed']}</b></p>",
+             page.table(["stage", "targets", "precision", "recall", "precision vs clean", "removed by defect"], stages),
+             page.table(["defect", "rows", "left in subset"], defects)]
+    if "download" in truth:
+        info = truth["download"]
+        parts.append(f"<p>download: precision {info['precision']}, recall {info['recall']} of {page.esc(info['targets'])}</p>")
+    if "semdedup_pairs" in truth:
+        info = truth["semdedup_pairs"]
+        parts.append(f"<p>SemDeDup: {info['pairs']} planted duplicate pairs, recall {info['recall']}, "
+                     f"precision {info['precision']} ({info['removed']} removed)</p>")
+    return "".join(parts)
 
 
 def _score_sources(report: dict, run_dir: Path, pool_dir: Path) -> list[tuple[str, list[Path], str, float]]:

@@ -50,6 +50,7 @@ from curate.steps.url_list import ROW, read_url_list
 log = logging.getLogger(__name__)
 
 WORK_DIR = "_ingest_tmp"
+MIN_SHARD, MAX_SHARD = 256, 10_000
 SHARD_NAME = re.compile(r"^\d{5,}\.parquet$")
 POOL_SCHEMA = pa.schema([
     ("uid", pa.string()), ("url", pa.string()), ("text", pa.string()), ("sha256", pa.string()),
@@ -62,21 +63,31 @@ RAW_COLUMNS = [ROW, "sha256", "original_width", "original_height", "width", "hei
 
 def ingest(url_list: Path, out: Path, *, url_col: str = "url", caption_col: str = "caption",
            processes: int = 2, threads: int = 16, resize_mode: str = "no", image_size: int = 512,
-           timeout: float = 10.0, retries: int = 0, shard_size: int = 1000,
+           timeout: float = 10.0, retries: int = 0, shard_size: int | None = None,
            max_caption_chars: int | None = None, overwrite: bool = False) -> dict:
-    """Download `url_list` with img2dataset into the pool directory `out`; returns `_pool.json`."""
+    """Download `url_list` with img2dataset into the pool directory `out`; returns `_pool.json`.
+    ``shard_size`` None: ``default_shard_size`` for the list's rows and this machine's cores."""
     url_list, out = Path(url_list), Path(out)
     with directory_lock(out):
-        return _ingest(url_list, out, url_col, caption_col, max_caption_chars, overwrite,
+        inputs, truncated = read_url_list(url_list, url_col, caption_col, max_caption_chars)
+        shard_size = shard_size or default_shard_size(inputs.num_rows)
+        return _ingest(url_list, out, inputs, truncated, overwrite,
                        {"processes_count": processes, "thread_count": threads, "resize_mode": resize_mode,
                         "image_size": image_size, "timeout": timeout, "retries": retries,
                         "number_sample_per_shard": shard_size, "skip_reencode": resize_mode == "no"})
 
 
-def _ingest(url_list: Path, out: Path, url_col: str, caption_col: str, max_caption_chars: int | None,
-            overwrite: bool, options: dict) -> dict:
+def default_shard_size(rows: int, cores: int | None = None) -> int:
+    """Rows per pool shard: about four shards per core, so every core of the local engine works
+    even on a small pool (a 3,000-row list on 2 cores: 8 shards of 375), and at most 10,000
+    (img2dataset's default), so memory per partition stays bounded on a large one; at least
+    MIN_SHARD rows, so a shard's fixed costs (a file, a task) stay small against its work."""
+    cores = cores or os.cpu_count() or 1
+    return max(MIN_SHARD, min(MAX_SHARD, -(-rows // (4 * cores))))
+
+
+def _ingest(url_list: Path, out: Path, inputs: pa.Table, truncated: int, overwrite: bool, options: dict) -> dict:
     shard_size = options["number_sample_per_shard"]
-    inputs, truncated = read_url_list(url_list, url_col, caption_col, max_caption_chars)
     finished = finished_pool(out, url_list, inputs.num_rows)
     if finished is not None:
         log.info("%s already holds the pool of %s (%d rows): skipping", out, url_list, inputs.num_rows)
