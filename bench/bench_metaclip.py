@@ -38,10 +38,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import pipeline
+from curate.kernels.balancing import keep_probability, sampling_probabilities
 from curate.kernels.metaclip_match import Matcher
 from curate.recipe import parse_recipe
 from curate.resources import load_metadata
-from curate.stages.metaclip import DEFAULT_METADATA, keep_probability, sampling_probabilities
+from curate.stages.metaclip import DEFAULT_METADATA
 from curate.uid import derive_uid, uid_uniform
 
 VOCABULARY = 50_000

@@ -118,6 +118,16 @@ def run_concepts(args: argparse.Namespace) -> int:
     return run_report(args.run_dir, args.pool, args.concepts)
 
 
+def run_calibrate(args: argparse.Namespace) -> None:
+    from curate.steps import calibrate
+
+    if args.what == "semdedup":
+        result = calibrate.semdedup_curve(args.run_dir, args.pool, args.max_rows)
+    else:
+        result = calibrate.score_curve(args.run_dir, args.pool, args.column)
+    print("\n".join(calibrate.table_lines(result)))
+
+
 def run_train_dfn(args: argparse.Namespace) -> None:
     from curate.steps.train_dfn import TrainSettings, train_dfn
 
@@ -215,6 +225,13 @@ def report_commands() -> dict[str, Command]:
             arg("run_dir", type=Path),
             arg("--no-html", action="store_true", help="only print the summary; skip RUN_DIR/report.html"),
             arg("--pool", type=Path, default=None, help="pool directory (default: from RUN_DIR/_run.json)")), run_report),
+        "calibrate": Command("how eps (SemDeDup) or a score threshold acts on this pool: share kept per value", (
+            arg("what", choices=("semdedup", "score")),
+            arg("run_dir", type=Path, help="a run directory with a cluster stage (semdedup) or a score stage"),
+            arg("--pool", type=Path, default=None, help="pool directory (default: from RUN_DIR/_run.json)"),
+            arg("--max-rows", type=int, default=200_000, help="semdedup: rows of whole clusters to use"),
+            arg("--column", default="score_clip", help="score: the score column (the run's, or the pool's)")),
+            run_calibrate),
         "metaclip-report": Command("MetaCLIP entry/concept frequencies of a run directory", (
             arg("run_dir", type=Path),
             arg("--pool", type=Path, default=None, help="pool directory (default: from RUN_DIR/_run.json)"),

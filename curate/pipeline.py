@@ -86,9 +86,10 @@ def _run_recipe(recipe: Recipe, pool_dir: Path, out_dir: Path, session: Session,
                       out_dir / "_run.json")
     for number, (stage, cfg) in enumerate(recipe.stages, start=1):
         log.info("stage %d/%d %s: start", number, len(recipe.stages), stage.name)
-        begun = time.perf_counter()
+        begun, wall = time.perf_counter(), time.time()
         manifest = session.run_stage(stage, cfg, pool_dir, out_dir)
-        stage_done(out_dir, stage.name, recipe, manifest, time.perf_counter() - begun, strict)
+        skipped = (out_dir / stage.name / "_manifest.json").stat().st_mtime < wall  # nothing rewritten
+        stage_done(out_dir, stage.name, recipe, manifest, time.perf_counter() - begun, strict, skipped)
     subset.run_subset(pool_dir, out_dir, recipe.stage_names, recipe.select, session)
     report = build_report(pool_dir, out_dir, recipe.as_dict(), session.engine,
                           seconds=round(time.perf_counter() - started, 2))
@@ -98,11 +99,12 @@ def _run_recipe(recipe: Recipe, pool_dir: Path, out_dir: Path, session: Session,
     return report
 
 
-def stage_done(out_dir: Path, name: str, recipe: Recipe, manifest: dict, seconds: float, strict: bool) -> None:
+def stage_done(out_dir: Path, name: str, recipe: Recipe, manifest: dict, seconds: float, strict: bool,
+               skipped: bool = False) -> None:
     """The log line after a stage (rows, seconds, removals by reason) and its safeguard: a stage
     removing more than the recipe's max_removed_share of the pool is a warning (--strict: an error)."""
     info = stage_removals(out_dir, name, recipe.stage_names)
-    skipped = " (complete from an earlier run)" if seconds < 0.5 and manifest.get("status") == "complete" else ""
+    skipped = " (complete from an earlier run)" if skipped else ""
     if info is None:
         log.info("%s: done in %.1fs%s: %s rows", name, seconds, skipped, manifest.get("rows"))
         return

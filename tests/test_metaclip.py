@@ -15,8 +15,9 @@ import pytest
 from curate import pipeline
 from curate.contract import make_config
 from curate.errors import RecipeError
+from curate.kernels.balancing import keep_probability, sampling_probabilities
 from curate.recipe import parse_recipe
-from curate.stages.metaclip import STAGE, MetaclipConfig, keep_probability, sampling_probabilities
+from curate.stages.metaclip import STAGE, MetaclipConfig
 from curate.stages.metaclip_match import STAGE as MATCH
 from curate.stages.metaclip_match import MetaclipMatchConfig
 from curate.uid import derive_uid
@@ -149,7 +150,7 @@ def test_apply_refuses_missing_counts_and_matches_of_another_list(metadata, tmp_
 def test_config_defaults_and_recipe(metadata):
     cfg = MetaclipConfig()
     assert cfg.t == 20000 and cfg.seed == 0 and cfg.metadata.endswith("metadata/entries.json.gz")
-    assert set(dataclasses.asdict(cfg)) == {"metadata", "t", "seed"}
+    assert set(dataclasses.asdict(cfg)) == {"metadata", "t", "tail_proportion", "seed"}
     recipe = parse_recipe({"seed": 7, "stages": {"metaclip": {}}, "select": "metaclip_keep"}, "r",
                           ["metaclip.t=5", f"metaclip.metadata={metadata}"])
     assert recipe.stage_names == ["metaclip_match", "metaclip"]
@@ -235,3 +236,18 @@ def test_each_caption_is_matched_once_and_the_balancing_matches_nothing(tmp_path
     monkeypatch.setattr(Matcher, "match", lambda self, texts: pytest.fail("the balancing matched captions"))
     pipeline.run_stage(stage, cfg, pool_dir, tmp_path / "out", workers=1)
     assert stage_table(tmp_path / "out").num_rows == 1000
+
+
+def test_t_from_the_tail_proportion_is_metaclip2s_p_to_t(metadata):
+    """p -> t by hand: counts [1, 2, 3, 10] have ascending shares 1/16, 3/16, 6/16, 1; p = 0.2 is
+    nearest 3/16, so t = 2; t -> p gives back the share below t."""
+    from curate.kernels.balancing import tail_proportion, threshold_for_tail
+
+    assert threshold_for_tail(np.array([10, 0, 2, 1, 3]), 0.2) == 2
+    assert tail_proportion(np.array([10, 0, 2, 1, 3]), 3) == pytest.approx(3 / 16)
+    assert threshold_for_tail(np.array([0, 0]), 0.5) == 1 and threshold_for_tail(np.array([5, 5]), 0.01) == 5
+    texts = ["photo"] * 10 + ["dog"] * 3 + ["cat"] * 2 + ["zebra"]
+    artifact, _ = run(pool(texts), MetaclipConfig(metadata=metadata, t=None, tail_proportion=0.2))
+    assert artifact.column("t")[0].as_py() == 2 and artifact.column("p").to_pylist()[0] == 0.2  # photo: 2/10
+    with pytest.raises(RecipeError, match="exactly one of t and tail_proportion"):
+        MetaclipConfig(metadata=metadata, tail_proportion=0.1)

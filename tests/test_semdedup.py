@@ -8,6 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curate.errors import RecipeError
+from curate.kernels import dedup
 from curate.kernels.embeddings import encode
 from curate.stages import semdedup
 from curate.stages.semdedup import SemDedupConfig
@@ -59,10 +61,31 @@ def test_equals_the_straightforward_rule_with_fixed_centroids(seed, monkeypatch)
     unit /= np.linalg.norm(unit, axis=1, keepdims=True)
     expected = reference(unit, rows.column("cluster_sim").to_numpy().astype(np.float64),
                          rows.column("cluster_id").to_numpy(), uids, 0.07)
-    monkeypatch.setattr(semdedup, "BLOCK_ELEMENTS", 64)  # many small row blocks: still the dense rule
+    monkeypatch.setattr(dedup, "BLOCK_ELEMENTS", 64)  # many small row blocks: still the dense rule
     out = semdedup.apply(rows, SemDedupConfig(eps=0.07))
     assert (out.column("semdedup_keep").to_pylist(), out.column("semdedup_duplicate_of").to_pylist()) == expected
     assert 60 <= expected[0].count(False) < 300
+
+
+def test_relative_eps_scales_with_the_clusters_nearest_neighbour_distance(monkeypatch):
+    """By hand: four unit vectors at angles 0, 0.001, 0.1, 0.2 rad. Nearest-neighbour distances
+    1 - cos: 5e-7, 5e-7, 1 - cos(0.099), 1 - cos(0.1) (median ~0.00245); relative_eps 0.5 -> eps
+    ~0.00122: only the 0.001-rad pair is a duplicate, while the paper's fixed eps 0.07 removes three."""
+    angles = np.array([0.0, 0.001, 0.1, 0.2])
+    vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    earlier, nearest = dedup.neighbour_similarities(vectors)
+    assert np.isneginf(earlier[0]) and nearest[2] == pytest.approx(np.cos(0.099), abs=1e-6)
+    assert dedup.relative_eps(nearest, 0.5) == pytest.approx(0.5 * (1 - np.cos(0.001) + 1 - np.cos(0.099)) / 2, rel=1e-2)
+    assert dedup.relative_eps(np.array([1.0, 1.0], np.float32), 0.1) == 1e-6  # all copies: the floor
+    uids = [f"{i:032x}" for i in range(4)]
+    rows = pa.table({"uid": uids, "cluster_id": pa.array([0] * 4, pa.int32()),
+                     "cluster_sim": pa.array([0.9, 0.8, 0.7, 0.6], pa.float32()),
+                     "cluster_reason": pa.nulls(4, pa.string()), "image_emb": encode(vectors)})
+    relative = semdedup.apply(rows, SemDedupConfig(eps=None, relative_eps=0.5)).column("semdedup_keep").to_pylist()
+    fixed = semdedup.apply(rows, SemDedupConfig(eps=0.07)).column("semdedup_keep").to_pylist()
+    assert relative == [False, True, True, True] and fixed.count(False) == 3  # uid 1 (farther) is kept first
+    with pytest.raises(RecipeError, match="exactly one of eps and relative_eps"):
+        SemDedupConfig(relative_eps=0.1)
 
 
 def test_identical_embeddings_a_cluster_of_one_and_rows_without_a_cluster():

@@ -110,7 +110,7 @@ def run_demo(out_dir: Path = Path("out/demo"), *, n: int = 3000, seed: int = 0, 
     download(out_dir / "source", out_dir / "pool", session.workers.workers)
     if any(stage.name == "embed" and cfg.pretrained is None for stage, cfg in recipe.stages):
         checkpoint = prepare_dfn(out_dir)
-        recipe = load_recipe(recipe_path, [f"embed.pretrained={checkpoint}", *overrides])
+        recipe = load_recipe(recipe_path, [*overrides, f"embed.pretrained={checkpoint}"])  # also over pretrained=null
     report = run_recipe(recipe, out_dir / "pool", out_dir, session=session)
     outputs = training_outputs(out_dir, session)
     log.info("demo finished in %.1fs: %s, %s, %s, %s", time.perf_counter() - started, out_dir / "subset",

@@ -164,7 +164,10 @@ def _parts_or_shards(pool_dir: Path | None) -> list[Path]:
 def metaclip_summary(out_dir: Path, pool_dir: Path | None = None, concepts_path: Path | None = None) -> dict[str, Any]:
     """Write _entry_counts.parquet and .png under OUT/metaclip; return the report.json summary."""
     out_dir = Path(out_dir)
-    t = int(read_manifest(out_dir / "metaclip")["config"]["t"])
+    artifact = pq.read_table(out_dir / "metaclip" / "_artifact.parquet", columns=["t"]) if "t" in pq.read_schema(
+        out_dir / "metaclip" / "_artifact.parquet").names else None
+    t = int(artifact.column("t")[0].as_py()) if artifact is not None and artifact.num_rows else int(
+        read_manifest(out_dir / "metaclip")["config"]["t"] or 1)
     table = entry_counts(out_dir)
     atomic_write_table(table, out_dir / "metaclip" / "_entry_counts.parquet")
     summary = summarize(table, t)

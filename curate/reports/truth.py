@@ -19,6 +19,8 @@ Samples missing from the file count as "clean". Metrics are over downloaded rows
   or targeted, the share targeted) and ``removed_by_defect``;
 - ``download``: how well the download status separates the download targets;
 - ``subset``: per defect, rows and rows left in the subset; ``clean_kept``, ``defects_removed``.
+  A copy (a row with ``duplicate_of``) counts as left only while its original is selected too:
+  one of the two leaving the subset removes the duplication, whichever SemDeDup keeps.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def load_truth(pool_dir: Path, recipe_targets: dict[str, list[str]] | None = Non
 def truth_metrics(table: pl.DataFrame, truth: pl.DataFrame, targets: dict[str, list[str]],
                   stage_names: list[str]) -> dict[str, Any]:
     joined = table.join(truth.select("uid", "defect"), on="uid", how="left").with_columns(pl.col("defect").fill_null("clean"))
+    joined = with_duplication_left(joined, truth)
     downloaded = joined.filter(pl.col("status") == "success") if "status" in joined.columns else joined
     metrics: dict[str, Any] = {"targets": targets, "stages": {}, "subset": {}}
     if "status" in joined.columns and targets.get("download"):
@@ -70,13 +73,24 @@ def truth_metrics(table: pl.DataFrame, truth: pl.DataFrame, targets: dict[str, l
     if "semdedup_keep" in downloaded.columns and "duplicate_of" in truth.columns:
         metrics["semdedup_pairs"] = duplicate_pair_metrics(downloaded, truth)
     for defect, group in joined.group_by("defect"):
-        metrics["subset"][defect[0]] = {"rows": group.height, "left_in_subset": int(group["selected"].sum())}
+        metrics["subset"][defect[0]] = {"rows": group.height, "left_in_subset": int(group["left"].sum())}
     metrics["subset"] = dict(sorted(metrics["subset"].items()))
     clean = metrics["subset"].get("clean", {"rows": 0, "left_in_subset": 0})
     metrics["clean_kept"] = _ratio(clean["left_in_subset"], clean["rows"])
     defective = joined.filter(pl.col("defect") != "clean")
-    metrics["defects_removed"] = _ratio(defective.height - int(defective["selected"].sum()), defective.height)
+    metrics["defects_removed"] = _ratio(defective.height - int(defective["left"].sum()), defective.height)
     return metrics
+
+
+def with_duplication_left(joined: pl.DataFrame, truth: pl.DataFrame) -> pl.DataFrame:
+    """``left``: the row is in the subset, and for a copy its original is too."""
+    if "duplicate_of" not in truth.columns:
+        return joined.with_columns(left=pl.col("selected"))
+    originals = joined.select(pl.col("uid").alias("duplicate_of"), pl.col("selected").alias("original_selected"))
+    copies = truth.select("uid", "duplicate_of").filter(pl.col("duplicate_of").is_not_null())
+    joined = joined.join(copies, on="uid", how="left").join(originals, on="duplicate_of", how="left")
+    left = pl.col("selected") & (pl.col("duplicate_of").is_null() | pl.col("original_selected").fill_null(False))
+    return joined.with_columns(left=left).drop("duplicate_of", "original_selected")
 
 
 def stage_metrics(downloaded: pl.DataFrame, name: str, names: list[str], targets: list[str]) -> dict[str, Any]:

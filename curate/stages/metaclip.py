@@ -6,7 +6,11 @@ gets p[e] = min(1, t / count[e]), and a text with match set M is kept with proba
 1 - prod over e in M of (1 - p[e]); texts with no match are dropped.
 
 - fit, pass ``counts``: partial = (entry_id, n_texts) per batch, summed by the engine over the
-  pool; finalize = the artifact: one row per entry (entry_id, entry, count, p), len(metadata) rows;
+  pool; finalize = the artifact: one row per entry (entry_id, entry, count, p, t), len(metadata)
+  rows. ``t`` is the config's, or with ``tail_proportion`` p the one MetaCLIP 2 derives for a
+  language (Chuang et al. 2025, DESIGN.md 4.7) applied to this pool: the count at which the
+  ascending cumulative share of the counts comes nearest p (curate.kernels.balancing), so t
+  scales with the pool as the paper scales it (20,000 at 400M, 170,000 at 2.5B);
 - apply: one uniform per sample from uid_uniform(uid, seed, "metaclip"), so the subset is the
   same on both engines and any partitioning, and ``seed`` (the recipe's) changes it.
 
@@ -32,6 +36,7 @@ import pyarrow.compute as pc
 from curate.contract import Fit, Pass, Stage, file_field
 from curate.errors import RecipeError
 from curate.fingerprint import file_sha256
+from curate.kernels.balancing import keep_probability, sampling_probabilities, tail_proportion, threshold_for_tail
 from curate.resources import load_metadata, metadata_path, missing_metadata, resolve_metadata
 from curate.uid import uid_uniform
 
@@ -49,12 +54,18 @@ ADDS = pa.schema([("metaclip_keep", pa.bool_()), ("metaclip_reason", pa.string()
 class MetaclipConfig:
     # Defaults: MetaCLIP (Xu et al. 2023): t = 20,000 for a 400M pool (170,000 for 2.5B).
     metadata: str = file_field(DEFAULT_METADATA)  # the entry list the matching stage uses (see metaclip_match)
-    t: int = 20000                    # per-entry cap: p[e] = min(1, t / count[e])
+    t: int | None = 20000             # per-entry cap: p[e] = min(1, t / count[e]) ...
+    tail_proportion: float | None = None  # ... or t from this pool: the share of matches on entries
+    #                                       below t is this (MetaCLIP 2's p -> t; t: null)
     seed: int = 0                     # the recipe's seed; uid-hashed sampling
 
     def __post_init__(self):
-        if self.t < 1:
+        if (self.t is None) == (self.tail_proportion is None):
+            raise RecipeError("metaclip: set exactly one of t and tail_proportion (t: null to derive t from the pool)")
+        if self.t is not None and self.t < 1:
             raise RecipeError(f"metaclip: t must be >= 1, got {self.t}")
+        if self.tail_proportion is not None and not 0 < self.tail_proportion < 1:
+            raise RecipeError(f"metaclip: tail_proportion must be in (0, 1), got {self.tail_proportion}")
         if not Path(resolve_metadata(self.metadata)).is_file():
             raise RecipeError(missing_metadata(resolve_metadata(self.metadata)))
 
@@ -73,32 +84,17 @@ def entry_counts(table: pa.Table, cfg: MetaclipConfig, previous: None = None) ->
                     schema=COUNT_SCHEMA)
 
 
-def sampling_probabilities(counts: np.ndarray, t: int) -> np.ndarray:
-    """p[e] = min(1, t / count[e]); an entry nothing matches gets 1 (it is never used)."""
-    with np.errstate(divide="ignore"):
-        return np.minimum(1.0, t / counts.astype(np.float64))
-
-
 def balance(merged: pa.Table, cfg: MetaclipConfig, previous: None = None) -> pa.Table:
     """Finalize: the pool-wide count and p of every entry, in id order."""
     entries = load_metadata(resolve_metadata(cfg.metadata))
     counts = np.zeros(len(entries), dtype=np.int64)
     counts[merged.column("entry_id").to_numpy()] = merged.column("n_texts").to_numpy()
-    return pa.table({"entry_id": np.arange(len(entries), dtype=np.int32), "entry": pa.array(entries, pa.string()),
-                     "count": counts, "p": sampling_probabilities(counts, cfg.t)}, schema=ARTIFACT_SCHEMA)
-
-
-def keep_probability(matches: pa.Array, p: np.ndarray) -> np.ndarray:
-    """Per text, 1 - prod over its entries of (1 - p[e]); 0 for a text with no match."""
-    offsets = matches.offsets.to_numpy().astype(np.int64)
-    offsets -= offsets[0]
-    q = 1.0 - p[matches.flatten().to_numpy()]
-    lengths = np.diff(offsets)
-    keep_none = np.ones(len(matches), dtype=np.float64)  # probability that no entry keeps the text
-    nonempty = lengths > 0
-    if q.size:
-        keep_none[nonempty] = np.multiply.reduceat(q, offsets[:-1][nonempty])
-    return 1.0 - keep_none
+    t = cfg.t if cfg.t is not None else threshold_for_tail(counts, cfg.tail_proportion)
+    log.info("metaclip: t = %d (%s); tail proportion %.3f", t, "given" if cfg.t is not None else
+             f"for tail_proportion {cfg.tail_proportion}", tail_proportion(counts, t))
+    table = pa.table({"entry_id": np.arange(len(entries), dtype=np.int32), "entry": pa.array(entries, pa.string()),
+                      "count": counts, "p": sampling_probabilities(counts, t)}, schema=ARTIFACT_SCHEMA)
+    return table.append_column("t", pa.array(np.full(len(entries), t), pa.int64()))
 
 
 def apply(table: pa.Table, cfg: MetaclipConfig, artifact: pa.Table | None) -> pa.Table:
