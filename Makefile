@@ -15,7 +15,7 @@ SET    ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
 SPARK_ENV := SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$(abspath $(BIN))/python PYSPARK_DRIVER_PYTHON=$(abspath $(BIN))/python
 
-.PHONY: help venv demo test lint golden test-fast ingest import-datacomp demo-pool basic laion2b align embed train-dfn metaclip_match metaclip score text_based image_based cluster semdedup dbp metadata text-based-metadata filter subset reshard run spark-run bench clean
+.PHONY: help venv demo test lint golden test-fast ingest import-datacomp demo-pool evaluate basic laion2b align embed train-dfn metaclip_match metaclip score text_based image_based cluster semdedup dbp metadata text-based-metadata filter subset reshard run spark-run bench clean
 
 help:            ## list the targets
 	@grep -E '^[a-z][a-z0-9 -]*:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -93,6 +93,16 @@ SHARDS ?= $(OUT)/shards
 RESHARD_ARGS ?=
 reshard: $(STAMP)  ## OUT's selected samples as webdataset tars in SHARDS (RESHARD_ARGS='--shuffle --blur-faces')
 	$(BIN)/curate reshard $(OUT) --pool $(POOL) --out $(SHARDS) --engine $(ENGINE) $(RESHARD_ARGS)
+
+TASKS   ?= $(OUT)/eval_tasks
+EVAL    ?= $(OUT)/eval
+RUNS    ?= $(OUT)
+EVAL_ARGS ?=
+evaluate: $(STAMP)  ## train a CLIP on RUNS' subsets and random/no_filter baselines (3 seeds); zero-shot on TASKS -> EVAL
+	test -f $(OUT)/subset.npy || $(BIN)/curate demo --out $(OUT) --engine $(ENGINE)
+	$(BIN)/curate demo-tasks --out $(TASKS)
+	$(BIN)/curate evaluate $(RUNS) --tasks $(TASKS) --out $(EVAL) --engine $(ENGINE) $(EVAL_ARGS)
+	test ! -f $(OUT)/report.json || $(BIN)/curate report $(OUT) > /dev/null
 
 run: $(STAMP)    ## run RECIPE on POOL into OUT
 	$(BIN)/curate run $(RECIPE) --pool $(POOL) --out $(OUT) --engine $(ENGINE) $(SETARGS)

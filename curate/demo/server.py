@@ -3,7 +3,8 @@
 `serve(root)` is a context manager that serves the directory `root` (the demo pool
 directory, so `{base}/images/x.jpg` is `root/images/x.jpg`) on 127.0.0.1 from a daemon
 thread and yields the base URL. `/missing/...` and absent files answer 404; `/slow/...`
-answers 404 only after `slow_seconds`, so a downloader's timeout fires first. Paths with
+answers 404 only after `slow_seconds`, so a downloader's timeout fires first; `/flaky/x.jpg`
+answers 503 until `root/x.jpg` exists, then the file (a transient failure to retry). Paths with
 `.` or `..` segments are refused (403) and nothing outside `root` is ever read. The wait is
 on an Event that shutdown sets, so leaving the context never hangs on a slow request.
 
@@ -63,7 +64,11 @@ def _make_handler(root: Path, slow_seconds: float, stopping: threading.Event) ->
             if path.startswith("/missing/"):
                 self._status(HTTPStatus.NOT_FOUND)
                 return
-            target = resolve_request_path(root, self.path)
+            flaky = path.startswith("/flaky/")  # 503 until the file exists: a transient failure
+            target = resolve_request_path(root, self.path[len("/flaky"):] if flaky else self.path)
+            if flaky and (target is None or not target.is_file()):
+                self._status(HTTPStatus.SERVICE_UNAVAILABLE)
+                return
             if target is None:
                 self._status(HTTPStatus.FORBIDDEN)
             elif not target.is_file():

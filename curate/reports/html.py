@@ -30,7 +30,7 @@ import polars as pl
 
 from curate.errors import PoolError
 from curate.pool import list_shards, shard_columns
-from curate.reports import page
+from curate.reports import evaluation, page
 from curate.reports.decisions import decisions
 from curate.reports.samples import samples_section
 from curate.runio import atomic_write_text, read_json
@@ -52,7 +52,7 @@ def write_html_report(run_dir: Path, pool_dir: Path | None = None) -> Path:
     table = decisions(pool_dir, run_dir, stage_names)
     sections = [_header(report, run_dir), _warnings(report), _funnel(report), _truth(report),
                 _scores(report, run_dir, pool_dir), _metaclip(report, run_dir), _clusters(run_dir),
-                samples_section(table, stage_names, run_dir, pool_dir)]
+                evaluation.run_section(run_dir), samples_section(table, stage_names, run_dir, pool_dir)]
     document = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>curate report: {page.esc(run_dir.name)}"
                 f"</title><style>{page.STYLE}</style></head><body>{''.join(s for s in sections if s)}</body></html>")
     path = run_dir / REPORT_HTML

@@ -26,6 +26,7 @@ STAGE_MODULES = {
     "cluster": "curate.stages.cluster",
     "semdedup": "curate.stages.semdedup",
     "dbp": "curate.stages.dbp",
+    "sample": "curate.stages.sample",
 }
 
 

@@ -72,9 +72,15 @@ def ingest(url_list: Path, out: Path, *, url_col: str = "url", caption_col: str 
         inputs, truncated = read_url_list(url_list, url_col, caption_col, max_caption_chars)
         shard_size = shard_size or default_shard_size(inputs.num_rows)
         return _ingest(url_list, out, inputs, truncated, overwrite,
-                       {"processes_count": processes, "thread_count": threads, "resize_mode": resize_mode,
-                        "image_size": image_size, "timeout": timeout, "retries": retries,
-                        "number_sample_per_shard": shard_size, "skip_reencode": resize_mode == "no"})
+                       download_options(processes, threads, resize_mode, image_size, timeout, retries, shard_size))
+
+
+def download_options(processes: int = 2, threads: int = 16, resize_mode: str = "no", image_size: int = 512,
+                     timeout: float = 10.0, retries: int = 0, shard_size: int = MAX_SHARD) -> dict:
+    """img2dataset's options as ingest (and its --retry-failed and --append) run it."""
+    return {"processes_count": processes, "thread_count": threads, "resize_mode": resize_mode,
+            "image_size": image_size, "timeout": timeout, "retries": retries,
+            "number_sample_per_shard": shard_size, "skip_reencode": resize_mode == "no"}
 
 
 def default_shard_size(rows: int, cores: int | None = None) -> int:
@@ -196,8 +202,10 @@ def raw_files(raw_dirs: list[Path], inputs: pa.Table, url_list: Path) -> list[tu
     return files
 
 
-def write_pool(inputs: pa.Table, files: list[tuple[Path, int, int]], out: Path, shard_size: int) -> Counter:
-    """Pool shard k = input rows [k * shard_size, (k + 1) * shard_size), joined to the download results."""
+def write_pool(inputs: pa.Table, files: list[tuple[Path, int, int]], out: Path, shard_size: int,
+               first_index: int = 0) -> Counter:
+    """Pool shard first_index + k = input rows [k * shard_size, (k + 1) * shard_size), joined to the
+    download results."""
     status_counts: Counter = Counter()
     shards = -(-inputs.num_rows // shard_size)
     for index in tqdm(range(shards), desc="write pool", unit="shard"):
@@ -207,7 +215,7 @@ def write_pool(inputs: pa.Table, files: list[tuple[Path, int, int]], out: Path, 
         shard = pool_shard(inputs.slice(low, high - low), pa.concat_tables(raw, promote_options="permissive"))
         counted = pc.value_counts(shard["status"])
         status_counts.update(dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist())))
-        atomic_write_table(shard, out / f"{index:05d}.parquet")
+        atomic_write_table(shard, out / f"{first_index + index:05d}.parquet")
     return status_counts
 
 

@@ -84,29 +84,39 @@ def train_dfn(trusted: Path, out: Path, settings: TrainSettings = TrainSettings(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     data_args, samples, skipped = trainer_data(trusted, work, settings)
+    log.info("train-dfn: %s on %d trusted samples (%s), %d epochs of %d steps", settings.model, samples, trusted,
+             settings.epochs, samples // min(settings.batch_size, samples))
+    run = train_open_clip(data_args, samples, work, out / CHECKPOINT, settings, "train-dfn")
+    shutil.rmtree(work / "images", ignore_errors=True)
+    info = {**asdict(settings), "trusted": str(trusted), "samples": samples, "skipped": skipped, **run,
+            "seconds": round(time.perf_counter() - started, 1),
+            "open_clip_torch": metadata.version("open_clip_torch"), "key": key}
+    atomic_write_json(info, out / INFO)
+    models.load_model(settings.model, str(out / CHECKPOINT), "cpu")  # the result must load in embed
+    log.info("train-dfn: wrote %s in %.0fs (final loss %s)", out / CHECKPOINT, info["seconds"], run["final_loss"])
+    return info
+
+
+def train_open_clip(data_args: list[str], samples: int, work: Path, checkpoint: Path, settings: TrainSettings,
+                    label: str) -> dict[str, Any]:
+    """open_clip_train from scratch (or ``settings.init``) on ``samples`` per epoch; the final
+    weights as a bare state_dict at ``checkpoint``; steps, final loss and device."""
     batch_size = min(settings.batch_size, samples)
-    steps = settings.epochs * (samples // batch_size)
+    steps_per_epoch = samples // batch_size
+    steps = settings.epochs * steps_per_epoch
     device = models.resolve_device(settings.device)
+    log_every = max(1, steps_per_epoch // 5 if settings.epochs == 1 else steps_per_epoch)
     args = [*data_args, "--model", settings.model, "--batch-size", str(batch_size), "--epochs", str(settings.epochs),
             "--lr", str(settings.lr), "--wd", str(settings.wd), "--seed", str(settings.seed),
             "--warmup", str(settings.warmup if settings.warmup is not None else max(1, steps // 10)),
             "--workers", str(loader_workers(settings, device)), "--device", device,
             "--precision", "amp" if device.startswith("cuda") else "fp32",
             "--logs", str(work / "logs"), "--name", "run", "--save-frequency", "0", "--report-to", "",
-            "--log-every-n-steps", str(max(1, samples // batch_size)),
-            *(["--pretrained", str(settings.init)] if settings.init else [])]
-    log.info("train-dfn: %s on %d trusted samples (%s), %d epochs of %d steps, on %s", settings.model, samples,
-             trusted, settings.epochs, samples // batch_size, device)
-    final_loss = run_trainer(args, work / "train.log", settings.epochs)
-    save_checkpoint(work / "logs" / "run" / "checkpoints" / f"epoch_{settings.epochs}.pt", out / CHECKPOINT)
-    shutil.rmtree(work / "images", ignore_errors=True)
-    info = {**asdict(settings), "trusted": str(trusted), "samples": samples, "skipped": skipped, "steps": steps,
-            "final_loss": final_loss, "device": device, "seconds": round(time.perf_counter() - started, 1),
-            "open_clip_torch": metadata.version("open_clip_torch"), "key": key}
-    atomic_write_json(info, out / INFO)
-    models.load_model(settings.model, str(out / CHECKPOINT), "cpu")  # the result must load in embed
-    log.info("train-dfn: wrote %s in %.0fs (final loss %s)", out / CHECKPOINT, info["seconds"], final_loss)
-    return info
+            "--log-every-n-steps", str(log_every), *(["--pretrained", str(settings.init)] if settings.init else [])]
+    log.info("%s: %d steps of %d on %s", label, steps, batch_size, device)
+    final_loss = run_trainer(args, work / "train.log", settings.epochs, label)
+    save_checkpoint(work / "logs" / "run" / "checkpoints" / f"epoch_{settings.epochs}.pt", checkpoint)
+    return {"steps": steps, "batch_size": batch_size, "final_loss": final_loss, "device": device}
 
 
 def loader_workers(settings: TrainSettings, device: str) -> int:
@@ -147,18 +157,33 @@ def count_tar_samples(path: Path) -> int:
 def export_pool(pool: Path, work: Path, settings: TrainSettings) -> tuple[Path, int, dict[str, int]]:
     """Write each usable row's image (resized) and caption for open_clip_train's csv reader."""
     size = settings.export_size or models.model_image_size(settings.model)
-    images_dir = work / "images"
+    rows, skipped = export_rows(pool, work / "images", size, settings.image_column, settings.text_column)
+    csv_path = work / "train.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter="\t")
+        writer.writerow(["filepath", "title"])
+        writer.writerows((path, text) for _, path, text in rows)
+    if skipped:
+        log.warning("train-dfn: skipped %d trusted sample(s): %s", sum(skipped.values()), dict(skipped))
+    return csv_path, len(rows), dict(skipped)
+
+
+def export_rows(pool: Path, images_dir: Path, size: int, image_column: str = "jpg",
+                text_column: str = "text") -> tuple[list[tuple[str, str, str]], dict[str, int]]:
+    """Every downloaded row's image with a caption, decoded with embed's guards and written as
+    images_dir/<uid>.png at ``size``: (uid, path, caption with whitespace collapsed) rows, and the
+    rows skipped by reason."""
     images_dir.mkdir(parents=True, exist_ok=True)
     rows, skipped = [], Counter()
     with ThreadPoolExecutor(4) as executor:
         for shard in list_shards(pool):
             table = read_shard(shard, None)
-            for column in ("uid", settings.image_column, settings.text_column):
+            for column in ("uid", image_column, text_column):
                 if column not in table.column_names:
-                    raise PoolError(f"{shard}: missing column {column!r}; a trusted pool needs uid, image bytes and text")
-            uids, texts = table.column("uid").to_pylist(), table.column(settings.text_column).to_pylist()
+                    raise PoolError(f"{shard}: missing column {column!r}; training needs uid, image bytes and text")
+            uids, texts = table.column("uid").to_pylist(), table.column(text_column).to_pylist()
             status = table.column("status").to_pylist() if "status" in table.column_names else [None] * len(uids)
-            images = table.column(settings.image_column).to_pylist()
+            images = table.column(image_column).to_pylist()
             jobs = [executor.submit(export_image, data, images_dir / f"{uid}.png", size)
                     if state in (None, "success") and text else None
                     for uid, data, text, state in zip(uids, images, texts, status)]
@@ -167,15 +192,8 @@ def export_pool(pool: Path, work: Path, settings: TrainSettings) -> tuple[Path, 
                 if reason:
                     skipped[reason] += 1
                 else:
-                    rows.append((str(images_dir / f"{uid}.png"), " ".join(text.split())))
-    csv_path = work / "train.csv"
-    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, delimiter="\t")
-        writer.writerow(["filepath", "title"])
-        writer.writerows(rows)
-    if skipped:
-        log.warning("train-dfn: skipped %d trusted sample(s): %s", sum(skipped.values()), dict(skipped))
-    return csv_path, len(rows), dict(skipped)
+                    rows.append((uid, str(images_dir / f"{uid}.png"), " ".join(text.split())))
+    return rows, dict(skipped)
 
 
 def export_image(data: bytes | None, path: Path, size: int) -> str | None:
@@ -194,8 +212,9 @@ def export_image(data: bytes | None, path: Path, size: int) -> str | None:
     return None
 
 
-def run_trainer(args: list[str], log_path: Path, epochs: int) -> float | None:
-    """Run open_clip_train in a subprocess; log epochs; on failure raise with the log's tail."""
+def run_trainer(args: list[str], log_path: Path, epochs: int, label: str = "train-dfn") -> float | None:
+    """Run open_clip_train in a subprocess; log epochs (and, for one epoch, its progress lines);
+    on failure raise with the log's tail."""
     command = [sys.executable, "-m", "curate.steps.train_dfn", *args]
     loss = None
     # the trainer imports wandb, which leaves temporary directories behind: give it its own TMPDIR
@@ -204,9 +223,12 @@ def run_trainer(args: list[str], log_path: Path, epochs: int) -> float | None:
                                    env={**models.openmp_env(os.environ), "TMPDIR": scratch})
         for line in process.stdout:
             log_file.write(line)
-            if match := re.search(r"Train Epoch: (\d+) .*\(100%\).*Loss: [\d.]+ \(([\d.]+)\)", line):
-                loss = float(match.group(2))
-                log.info("train-dfn: epoch %d/%d, mean loss %.4f", int(match.group(1)) + 1, epochs, loss)
+            if match := re.search(r"Train Epoch: (\d+) .*\((\d+)%\).*Loss: [\d.]+ \(([\d.]+)\)", line):
+                loss = float(match.group(3))
+                if match.group(2) == "100":
+                    log.info("%s: epoch %d/%d, mean loss %.4f", label, int(match.group(1)) + 1, epochs, loss)
+                elif epochs == 1:
+                    log.info("%s: %s%% of the steps, mean loss %.4f", label, match.group(2), loss)
         returncode = process.wait()
     if returncode != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
