@@ -13,9 +13,13 @@ SRC    ?= datacomp
 SELECT ?= basic_keep
 SET    ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
+SPARK_CLUSTER ?= build/spark-cluster
+WORKERS ?= 2
+WORKER_CORES ?= 1
+MASTER ?= $(shell cat $(SPARK_CLUSTER)/master 2>/dev/null || echo 'local[2]')
 SPARK_ENV := SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$(abspath $(BIN))/python PYSPARK_DRIVER_PYTHON=$(abspath $(BIN))/python
 
-.PHONY: help venv demo test lint golden test-fast ingest import-datacomp demo-pool evaluate basic laion2b align embed train-dfn metaclip_match metaclip score text_based image_based cluster semdedup dbp metadata text-based-metadata filter subset reshard run spark-run bench clean
+.PHONY: help venv demo test lint golden test-fast ingest import-datacomp demo-pool evaluate basic laion2b align embed train-dfn metaclip_match metaclip score text_based image_based cluster semdedup dbp metadata text-based-metadata filter subset reshard run spark-run spark-cluster spark-cluster-stop bench clean
 
 help:            ## list the targets
 	@grep -E '^[a-z][a-z0-9 -]*:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -107,8 +111,14 @@ evaluate: $(STAMP)  ## train a CLIP on RUNS' subsets and random/no_filter baseli
 run: $(STAMP)    ## run RECIPE on POOL into OUT
 	$(BIN)/curate run $(RECIPE) --pool $(POOL) --out $(OUT) --engine $(ENGINE) $(SETARGS)
 
-spark-run: $(STAMP)  ## run RECIPE through spark-submit (local[2])
-	$(SPARK_ENV) $(BIN)/spark-submit --master local[2] jobs/run.py $(RECIPE) --pool $(POOL) --out $(OUT) $(SETARGS)
+spark-run: $(STAMP)  ## run RECIPE through spark-submit (MASTER=local[2]; after make spark-cluster: its master)
+	$(SPARK_ENV) $(BIN)/spark-submit --master $(MASTER) jobs/run.py $(RECIPE) --pool $(POOL) --out $(OUT) $(SETARGS)
+
+spark-cluster: $(STAMP)  ## start a Spark standalone master + WORKERS workers on 127.0.0.1 (state in build/spark-cluster)
+	$(SPARK_ENV) $(BIN)/python -m curate.engines.standalone start --dir $(SPARK_CLUSTER) --workers $(WORKERS) --cores $(WORKER_CORES)
+
+spark-cluster-stop: $(STAMP)  ## stop the cluster make spark-cluster started
+	$(BIN)/python -m curate.engines.standalone stop --dir $(SPARK_CLUSTER)
 
 bench: $(STAMP)  ## benchmarks (ratios against baselines measured in the same run)
 	$(BIN)/python bench/bench_basic.py

@@ -38,6 +38,20 @@ def resolve_request_path(root: Path, request_path: str) -> Path | None:
     return target if target == root or root in target.parents else None
 
 
+def route(root: Path, request_path: str) -> Path | HTTPStatus:
+    """What a GET of `request_path` answers: the file to send, or an error status."""
+    path = urlsplit(request_path).path
+    if path.startswith(("/slow/", "/missing/")):
+        return HTTPStatus.NOT_FOUND
+    flaky = path.startswith("/flaky/")  # 503 until the file exists: a transient failure
+    target = resolve_request_path(root, request_path[len("/flaky"):] if flaky else request_path)
+    if flaky and (target is None or not target.is_file()):
+        return HTTPStatus.SERVICE_UNAVAILABLE
+    if target is None:
+        return HTTPStatus.FORBIDDEN
+    return target if target.is_file() else HTTPStatus.NOT_FOUND
+
+
 class _Server(ThreadingHTTPServer):
     # img2dataset opens processes x threads connections at once; the default listen backlog
     # of 5 drops the rest, and the kernel's SYN retries (1 s, 3 s, ...) turn into timeouts
@@ -59,22 +73,11 @@ def _make_handler(root: Path, slow_seconds: float, stopping: threading.Event) ->
             path = urlsplit(self.path).path
             if path.startswith("/slow/"):
                 stopping.wait(slow_seconds)
-                self._status(HTTPStatus.NOT_FOUND)
-                return
-            if path.startswith("/missing/"):
-                self._status(HTTPStatus.NOT_FOUND)
-                return
-            flaky = path.startswith("/flaky/")  # 503 until the file exists: a transient failure
-            target = resolve_request_path(root, self.path[len("/flaky"):] if flaky else self.path)
-            if flaky and (target is None or not target.is_file()):
-                self._status(HTTPStatus.SERVICE_UNAVAILABLE)
-                return
-            if target is None:
-                self._status(HTTPStatus.FORBIDDEN)
-            elif not target.is_file():
-                self._status(HTTPStatus.NOT_FOUND)
+            answer = route(root, self.path)
+            if isinstance(answer, HTTPStatus):
+                self._status(answer)
             else:
-                self._file(target, send_body)
+                self._file(answer, send_body)
 
         def _status(self, status: HTTPStatus) -> None:
             body = f"{status.value} {status.phrase}\n".encode()

@@ -23,6 +23,7 @@ from curate.pool import Shard, read_shard
 
 MARKER = "curate-stage-error:"
 _MARKED = re.compile(re.escape(MARKER) + r"(\{.*?\})(?:\n|$)")
+_ABORTED = re.compile(r"Job aborted due to stage failure: ([^\n]+)")
 
 
 def failing_uid(table: pa.Table | None, error: BaseException) -> tuple[int | None, str | None]:
@@ -61,11 +62,16 @@ def marked(stage: str, step: str, table: pa.Table, error: BaseException) -> Runt
     return RuntimeError(MARKER + json.dumps(payload))
 
 
-def spark_failure(error: BaseException, shards: list[Shard]) -> StageError | None:
-    """The StageError behind a Spark job failure raised by ``marked``, with the uid's shard and row."""
+def spark_failure(error: BaseException, shards: list[Shard], stage: str | None = None) -> StageError | None:
+    """The StageError behind a Spark job failure raised by ``marked``, with the uid's shard and row;
+    or, for a job Spark gave up on for another reason (an executor lost more often than
+    spark.task.maxFailures allows, say), a StageError naming ``stage`` with Spark's one-line reason."""
     found = _MARKED.search(str(error))
     if found is None:
-        return None
+        aborted = _ABORTED.search(str(error))
+        if aborted is None or stage is None:
+            return None
+        return StageError(stage, None, f"Spark gave up on the job after its task retries: {aborted.group(1)[:600]}")
     payload = json.loads(found.group(1))
     source, row = locate_uid(shards, payload["uid"]) if payload.get("uid") else (None, None)
     if not payload.get("row_error"):

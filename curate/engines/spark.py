@@ -101,7 +101,7 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, spark=No
         with progress_lines(spark, stage.name):
             return _run(plan, shards, out_dir, spark)
     except Exception as error:
-        failure = spark_failure(error, shards)
+        failure = spark_failure(error, shards, stage.name)
         if failure is None:
             raise
         raise failure from None

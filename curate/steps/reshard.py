@@ -25,9 +25,9 @@ blurring is not written, and its shard's stats count it per reason and list its 
 
 Engines: local (a process pool over output shards, each reading the pool shards its samples come
 from; shuffled, the selected rows are first scattered in output order to Arrow files, temporary disk
-about the size of the selection) and Spark (the plan joined with the pool by uid,
-``groupBy(shard).applyInArrow`` writes each tar; the output directory must be a filesystem the
-executors see). Memory: the plan (uids and curation columns of the selection) on the driver, one
+about the size of the selection) and Spark (the same scatter and gather tasks as Spark tasks, each
+reading its pool shards from the filesystem itself: no image bytes through the JVM; the pool and
+the output directory must be a filesystem the executors see). Memory: the plan (uids and curation columns of the selection) on the driver, one
 pool shard and one output shard per worker. Both engines write byte-identical shards. Files are
 written to a temporary name and renamed; a shard is done when its stats file exists; a re-run with
 the same settings and inputs skips done shards, other settings or inputs rewrite the output.

@@ -5,7 +5,8 @@ neighbouring pool shards, which its task reads (a worker keeps the last one). Sh
 output shard draws from every pool shard: each pool shard's selected rows are first scattered, in
 output order, to an Arrow file (threads: Arrow releases the GIL) that tasks read slices of.
 
-Spark: the plan (a parquet file) joined with the pool by uid; one applyInArrow call per output shard.
+Spark: the same scatter and gather tasks, run as Spark tasks (one element each) that read the pool
+from the shared filesystem themselves: no join, no shuffle, no image bytes through the JVM.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.engines.workers import WorkerPool
 from curate.pool import Shard, read_shard
@@ -30,7 +30,9 @@ SAMPLE, SHARD, POOL_SHARD, POOL_ROW, COPY = "_sample", "_shard", "_pool_shard", 
 WORK = "_work"
 
 
-def run_local(plan: pa.Table, shards: list[Shard], spec, workers: WorkerPool) -> None:
+def tasks(plan: pa.Table, shards: list[Shard], spec) -> tuple[list[tuple], list[tuple]]:
+    """The scatter tasks (shuffled only: one per pool shard with selected rows) and the gather
+    tasks (one per output shard), the same on both engines."""
     scatter_dir = Path(spec.out) / WORK / "scatter"
     scatter_dir.mkdir(parents=True, exist_ok=True)
     pool_shard, scatter, sources = plan.column(POOL_SHARD).to_numpy(), [], {}
@@ -44,10 +46,15 @@ def run_local(plan: pa.Table, shards: list[Shard], spec, workers: WorkerPool) ->
             start, stop = np.searchsorted(out_shards, [number, number + 1])
             rows = None if spec.cfg.shuffle else piece.slice(start, stop - start)
             sources.setdefault(int(number), []).append((target, rows, start, stop))
+    return scatter, [(number, sources[number], spec) for number in sorted(sources)]
+
+
+def run_local(plan: pa.Table, shards: list[Shard], spec, workers: WorkerPool) -> None:
+    scatter, gather = tasks(plan, shards, spec)
     with ThreadPoolExecutor(workers.workers) as executor, Progress("reshard scatter", len(scatter)) as progress:
         for _ in executor.map(_scatter, scatter):
             progress.update()
-    workers.map(_gather, [(number, sources[number], spec) for number in sorted(sources)], "reshard", unit="shard")
+    workers.map(_gather, gather, "reshard", unit="shard")
     _LAST_READ.clear()
 
 
@@ -86,23 +93,12 @@ def _gather(task: tuple) -> dict:
 
 
 def run_spark(plan: pa.Table, shards: list[Shard], spec, spark) -> None:
-    from curate.engines import spark as spark_engine
-
-    plan_path = Path(spec.out) / WORK / "plan.parquet"
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(plan.drop_columns([POOL_SHARD, POOL_ROW, COPY]), plan_path)
-    pool = spark_engine.read_pool(spark, shards, ["uid", *spec.pool_columns])
-    joined = spark.read.parquet(str(plan_path)).join(pool, on="uid", how="inner")
-    written = joined.groupBy(SHARD).applyInArrow(group_writer(spec), f"{SHARD} long, successes long").collect()
+    """The local engine's tasks as Spark tasks, one per element: each reads the pool shards (or
+    scatter files) it needs from the shared filesystem itself, so no image goes through the JVM
+    or a shuffle; Spark schedules and retries them (a retried task rewrites its file atomically)."""
+    context = spark.sparkContext
+    scatter, gather = tasks(plan, shards, spec)
+    if scatter:
+        context.parallelize(scatter, len(scatter)).map(_scatter).collect()
+    written = context.parallelize(gather, len(gather)).map(_gather).collect() if gather else []
     log.info("reshard: Spark wrote %d shard(s)", len(written))
-
-
-def group_writer(spec):
-    """applyInArrow function: write one output shard from its rows (a plain function: Spark reads
-    its signature and type hints)."""
-    def write_group(rows: pa.Table) -> pa.Table:
-        number = rows.column(SHARD)[0].as_py()
-        stats = write_shard(rows.sort_by(SAMPLE), number, spec, SAMPLE)
-        return pa.table({SHARD: pa.array([number], pa.int64()), "successes": pa.array([stats["successes"]], pa.int64())})
-
-    return write_group
