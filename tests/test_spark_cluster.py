@@ -136,7 +136,8 @@ def _run_killing(cluster, tmp_path: Path, pool: Path, out: Path, every_attempt: 
     (marks / "first_uid").write_text(pq.read_table(first, columns=["uid"]).column("uid")[0].as_py())
     (tmp_path / "slow_stage.py").write_text(textwrap.dedent(SLOW_STAGE))
     (tmp_path / "driver.py").write_text(textwrap.dedent(DRIVER))
-    conf = ["--conf", "spark.task.maxFailures=2"] if every_attempt else []
+    conf = ["--conf", f"spark.executorEnv.CURATE_TEST_MARKS={marks}"]  # executors do not inherit the driver's env
+    conf += ["--conf", "spark.task.maxFailures=2"] if every_attempt else []
     driver = subprocess.Popen([str(BIN / "spark-submit"), "--master", cluster.master_url, "--executor-memory", "1g",
                                *conf, str(tmp_path / "driver.py"), cluster.master_url, str(tmp_path / "slow_stage.py"),
                                str(pool), str(out), "1" if every_attempt else "0"],
@@ -151,7 +152,8 @@ def _run_killing(cluster, tmp_path: Path, pool: Path, out: Path, every_attempt: 
                 killed.append(mark.name)
         time.sleep(0.2)
     stdout, stderr = driver.communicate(timeout=60)
-    return driver.returncode, stderr, killed
+    output = stderr + stdout  # spark-submit's Python runner sends the driver's stderr to stdout
+    return driver.returncode, "\n".join(line for line in output.splitlines() if not line.startswith("\tat ")), killed
 
 
 def test_an_executor_killed_mid_stage_is_retried_to_the_identical_output(cluster, tmp_path, monkeypatch):
