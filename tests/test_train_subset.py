@@ -37,5 +37,5 @@ def test_open_clip_train_reads_the_shards_and_its_loss_goes_down(tmp_path):
     first = [loss for epoch, loss in steps if epoch == 0]
     last = [loss for epoch, loss in steps if epoch == EPOCHS - 1]
     assert len(first) == len(last) == 352 // BATCH, steps
-    # 0.85: on 2 shared cores one full-suite run measured 0.81 (0.6-0.7 alone); the trainer is not bit-deterministic
+    # 0.85: on 2 shared cores one full-suite run measured 0.81 where it passes alone; the trainer is not bit-deterministic
     assert np.mean(last) < 0.85 * np.mean(first), steps  # ln(32) = 3.47 at the start
