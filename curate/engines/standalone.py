@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -142,16 +141,6 @@ def worker_pid(state_dir: Path, instance: int) -> int | None:
     return int(path.read_text()) if path.exists() else None
 
 
-def executor_pids(state_dir: Path, instance: int) -> list[int]:
-    """The executor JVMs worker `instance` launched (its children running the executor backend)."""
-    parent = worker_pid(state_dir, instance)
-    if parent is None:
-        return []
-    children = Path(f"/proc/{parent}/task/{parent}/children")
-    pids = [int(p) for p in children.read_text().split()] if children.exists() else []
-    return [pid for pid in pids if "CoarseGrainedExecutorBackend" in _cmdline(pid)]
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -171,10 +160,7 @@ def stop(state_dir: Path) -> bool:
     cluster = load(state_dir)
     if cluster is None:
         return False
-    _stop_daemons(state_dir, cluster.workers)
-    for instance in range(1, cluster.workers + 1):  # an executor a worker left behind
-        for pid in executor_pids(state_dir, instance):
-            os.kill(pid, signal.SIGTERM)
+    _stop_daemons(state_dir, cluster.workers)  # a worker stops its executors
     (state_dir / STATE_FILE).unlink()
     (state_dir / "master").unlink(missing_ok=True)
     return True
