@@ -48,6 +48,13 @@ def make_pool(work: Path, images: int, samples: int) -> Path:
     return pool
 
 
+def spark_reshard(run: Path, out: Path, pool: Path, spark) -> dict:
+    from curate.engines import open_session
+
+    with open_session("spark", spark=spark) as session:
+        return reshard(run, out, ReshardConfig(shard_size=SHARD_SIZE), pool=pool, session=session)
+
+
 def baseline(pool: Path, out: Path) -> None:
     """A plain loop: read each pool shard, write tar members with tarfile, one process."""
     out.mkdir()
@@ -97,7 +104,7 @@ def main() -> None:
         "local": lambda out: reshard(run, out, ReshardConfig(shard_size=SHARD_SIZE), pool=pool, workers=args.cores),
         "local_shuffle": lambda out: reshard(run, out, ReshardConfig(shard_size=SHARD_SIZE, shuffle=True), pool=pool,
                                              workers=args.cores),
-        "spark": lambda out: reshard(run, out, ReshardConfig(shard_size=SHARD_SIZE), pool=pool, engine="spark", spark=spark),
+        "spark": lambda out: spark_reshard(run, out, pool, spark),
     }
     report, base_rate = {"samples": args.samples, "cores": args.cores, "pool_bytes": sum(p.stat().st_size for p in pool.glob("*.parquet"))}, None
     for name, function in runs.items():

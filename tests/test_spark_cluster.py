@@ -121,7 +121,7 @@ def test_spark_submit_to_the_cluster_gives_the_local_subset_byte_for_byte(cluste
 def _executor_of(pid: int) -> int:
     """The executor JVM a Python worker process descends from."""
     while pid > 1:
-        if "CoarseGrainedExecutorBackend" in standalone._cmdline(pid):
+        if b"CoarseGrainedExecutorBackend" in Path(f"/proc/{pid}/cmdline").read_bytes():
             return pid
         pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     raise AssertionError("the Python worker is not under an executor")

@@ -141,13 +141,6 @@ def worker_pid(state_dir: Path, instance: int) -> int | None:
     return int(path.read_text()) if path.exists() else None
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def _stop_daemons(state_dir: Path, workers: int) -> None:
     for instance in range(1, workers + 1):
         _daemon(state_dir, "stop", WORKER_CLASS, instance)
