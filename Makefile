@@ -11,6 +11,7 @@ RECIPE ?= jobs/recipes/demo.yaml
 URLS   ?= urls.parquet
 SRC    ?= datacomp
 SELECT ?= basic_keep
+FORMAT ?= parquet
 SET    ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
 SPARK_CLUSTER ?= build/spark-cluster
@@ -23,7 +24,7 @@ SPARK_ENV := SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$(abspath $(BIN))/python PY
 
 help:            ## list the targets
 	@grep -E '^[a-z][a-z0-9 -]*:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
-	@echo "overrides: POOL=$(POOL) OUT=$(OUT) ENGINE=$(ENGINE) RECIPE=$(RECIPE) URLS=$(URLS) SRC=$(SRC) SET='stage.key=value ...'"
+	@echo "overrides: POOL=$(POOL) OUT=$(OUT) ENGINE=$(ENGINE) RECIPE=$(RECIPE) URLS=$(URLS) SRC=$(SRC) FORMAT=$(FORMAT) SET='stage.key=value ...'"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +35,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)   ## create the local virtual environment (.venv) with everything installed
 
 demo: $(STAMP)   ## the main job end to end on the built-in demo pool -> out/demo
-	$(BIN)/curate demo --out $(OUT) --engine $(ENGINE) --recipe $(RECIPE) $(SETARGS)
+	$(BIN)/curate demo --out $(OUT) --engine $(ENGINE) --recipe $(RECIPE) --output-format $(FORMAT) $(SETARGS)
 
 test: lint      ## lint, layer contracts and the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
@@ -53,8 +54,8 @@ test-fast: $(STAMP)  ## tests without Spark and slow ones
 demo-pool: $(STAMP)  ## generate the synthetic demo source (images, URL list, ground truth)
 	$(BIN)/curate demo-pool --out $(OUT)/source
 
-ingest: $(STAMP)  ## download URLS (parquet/csv/tsv: url, caption) with img2dataset into POOL
-	$(BIN)/curate ingest $(URLS) --out $(POOL)
+ingest: $(STAMP)  ## download URLS (parquet/csv/tsv: url, caption) with img2dataset into POOL (FORMAT=webdataset: tars)
+	$(BIN)/curate ingest $(URLS) --out $(POOL) --output-format $(FORMAT)
 
 import-datacomp: $(STAMP)  ## import a DataComp pool (parquet + npz) from SRC into POOL
 	$(BIN)/curate import-datacomp --src $(SRC) --out $(POOL)

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate import tarindex
 from curate.errors import PoolError
 from curate.uid import malformed_uid_rows, uid_pairs
 
@@ -58,8 +59,16 @@ def parquet_file(path: Path) -> pq.ParquetFile:
         raise PoolError(f"{path}: not a readable parquet file ({error})") from error
 
 
+def shard_schema(path: Path) -> pa.Schema:
+    """A shard's columns as stages see them: its parquet's, plus the image column when the pool keeps
+    it in tar shards (curate.tarindex)."""
+    schema = parquet_file(path).schema_arrow
+    virtual = tarindex.image_column(Path(path).parent)
+    return schema.append(pa.field(virtual, pa.binary())) if virtual and virtual not in schema.names else schema
+
+
 def shard_columns(path: Path) -> list[str]:
-    return parquet_file(path).schema_arrow.names
+    return shard_schema(path).names
 
 
 def scan_shards(pool_dir: str | Path, *, complete: bool = True) -> list[Shard]:
@@ -68,6 +77,7 @@ def scan_shards(pool_dir: str | Path, *, complete: bool = True) -> list[Shard]:
     shards = [Shard(i, path, parquet_file(path).metadata.num_rows) for i, path in enumerate(list_shards(pool_dir))]
     if complete:
         check_complete(Path(pool_dir), shards)
+        tarindex.ensure_index(Path(pool_dir), [shard.path for shard in shards])
     return shards
 
 
@@ -100,20 +110,33 @@ def pool_info(pool_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """Read columns of one shard, checking that they exist and that uids are well formed."""
+def read_shard(path: Path, columns: list[str] | None = None, rows: np.ndarray | None = None) -> pa.Table:
+    """Read columns (None: all) of one shard, or of its rows ``rows`` only, checking that they exist and
+    that uids are well formed. An image column the pool keeps in tar shards is read from the tars
+    (only for ``rows``, when given), after the parquet columns."""
     file = parquet_file(path)
     names = file.schema_arrow.names
+    virtual = tarindex.image_column(Path(path).parent)
+    from_tars = virtual is not None and virtual not in names and (columns is None or virtual in columns)
     if columns is not None:
-        missing = [c for c in columns if c not in names]
+        missing = [c for c in columns if c not in names and not (from_tars and c == virtual)]
         if missing:
-            raise PoolError(f"{path}: missing required column(s) {missing}; it has {names}")
+            raise PoolError(f"{path}: missing required column(s) {missing}; it has {shard_columns(path)}")
+    wanted = None if columns is None else [c for c in columns if c != virtual or not from_tars]
+    if from_tars and wanted is not None and "uid" not in wanted:
+        wanted = ["uid", *wanted]
     try:
-        table = file.read(columns=columns)
+        table = file.read(columns=wanted)
     except (pa.ArrowInvalid, OSError) as error:
         raise PoolError(f"{path}: cannot read parquet data ({error})") from error
+    if rows is not None:
+        table = table.take(pa.array(rows, pa.int64()))
     if "uid" in table.column_names:
         check_uids(table.column("uid"), path)
+    if from_tars:
+        locations = tarindex.read_locations(path.parent, path.stem, table.column("uid"), rows)
+        table = table.append_column(pa.field(virtual, pa.binary()), tarindex.images_of(path.parent, locations))
+        table = table.select(columns) if columns is not None else table
     return repair_text(table, path)
 
 

@@ -69,3 +69,12 @@ def test_demo_end_to_end_finds_the_planted_defects(tmp_path):
     before = (out / "subset.npy").read_bytes()
     assert main(["demo", "--out", str(out), "--n", "400", "--workers", "2", "--set", f"metaclip.t={T}"]) == 0
     assert (out / "subset.npy").read_bytes() == before
+    # the same demo with the pool's images in webdataset tars, read in place: the same subset and tars
+    training_tars = {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")}
+    assert main(["demo", "--out", str(out), "--n", "400", "--workers", "2", "--set", f"metaclip.t={T}",
+                 "--output-format", "webdataset"]) == 0
+    assert sorted(p.name for p in (out / "pool").glob("*.tar")) and not list((out / "pool").glob("*.tar.tmp*"))
+    assert "jpg" not in pq.read_schema(out / "pool" / "00000.parquet").names
+    assert (out / "subset.npy").read_bytes() == before
+    assert read_json(out / "shards" / "_manifest.json")["samples"] == len(subset)
+    assert {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")} == training_tars

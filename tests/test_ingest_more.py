@@ -14,7 +14,7 @@ from PIL import Image
 from curate.cli import main
 from curate.demo.server import serve
 from curate.errors import PoolError
-from curate.pool import pool_info, scan_shards
+from curate.pool import pool_info, read_shard, scan_shards
 from curate.steps import ingest_more
 from curate.steps.ingest import download_options, ingest
 
@@ -36,11 +36,12 @@ def url_list(path, base, names, offset=0):
 
 
 def pool_table(pool):
-    return pa.concat_tables(pq.read_table(s.path) for s in scan_shards(pool))
+    return pa.concat_tables(read_shard(s.path) for s in scan_shards(pool))  # jpg from the tars, if there
 
 
 @pytest.mark.slow
-def test_retry_failed_and_append(tmp_path, monkeypatch):
+@pytest.mark.parametrize("output_format", ["parquet", "webdataset"])
+def test_retry_failed_and_append(tmp_path, monkeypatch, output_format):
     root = tmp_path / "site"
     root.mkdir()
     for i in range(6):
@@ -50,8 +51,11 @@ def test_retry_failed_and_append(tmp_path, monkeypatch):
              "flaky/f2.jpg", "ok3.jpg", "flaky/f3.jpg"]
     with serve(root) as base:
         pool = tmp_path / "pool"
-        ingest(url_list(tmp_path / "urls.parquet", base, names), pool, **FAST)
+        ingest(url_list(tmp_path / "urls.parquet", base, names), pool, **FAST, output_format=output_format)
         before = pool_table(pool)
+        tars = sorted(p.name for p in pool.glob("*.tar"))
+        assert tars == ([] if output_format == "parquet" else ["00000.tar", "00001.tar", "00002.tar"])
+        assert ("jpg" in pq.read_schema(pool / "00000.parquet").names) == (output_format == "parquet")
         status = before["status"].to_pylist()
         assert [status[i] for i in (1, 4, 7, 9)] == ["failed_to_download"] * 4
         assert "503" in before["error_message"][1].as_py() and "404" in before["error_message"][3].as_py()
@@ -71,6 +75,7 @@ def test_retry_failed_and_append(tmp_path, monkeypatch):
             ingest_more.retry_failed(pool, OPTIONS)
         monkeypatch.undo()
         assert pool_info(pool)["status"] == "writing"
+        assert pool_info(pool)["output_format"] == output_format
         with pytest.raises(PoolError, match="did not finish"):
             scan_shards(pool)
         assert main(["ingest", "--retry-failed", "--out", str(pool), "--processes", "1", "--timeout", "2"]) == 0
@@ -97,6 +102,11 @@ def test_retry_failed_and_append(tmp_path, monkeypatch):
         with pytest.raises(PoolError, match=r"row 0 has uid 0+65, which the pool already holds .*00003.parquet, row 1"):
             ingest_more.append(clash, pool, OPTIONS)
         assert pool_info(pool)["status"] == "complete"
+        if output_format == "webdataset":  # every image in the tars, none in the parquet, index fresh
+            assert sorted(p.name for p in pool.glob("*.tar")) == [f"{k:05d}.tar" for k in range(4)]
+            assert "jpg" not in pq.read_schema(pool / "00003.parquet").names
+            final = pool_table(pool)
+            assert final["jpg"].null_count == 13 - final["status"].to_pylist().count("success") == 3
 
 
 def test_retry_needs_a_pool_ingest_wrote(tmp_path):

@@ -46,7 +46,8 @@ def run_subset_command(args: argparse.Namespace) -> None:
 def run_demo(args: argparse.Namespace) -> None:
     from curate.demo.run import run_demo as demo
 
-    demo(args.out, n=args.n, recipe_path=args.recipe, overrides=args.set, session=args.session)
+    demo(args.out, n=args.n, recipe_path=args.recipe, overrides=args.set, session=args.session,
+         output_format=args.output_format)
 
 
 def run_reshard(args: argparse.Namespace) -> None:
@@ -82,6 +83,9 @@ def pipeline_commands() -> dict[str, Command]:
             run_subset_command, engine=True),
         "demo": Command("the whole demo: generate, serve, ingest, run the demo recipe", (
             arg("--out", type=Path, default=Path("out/demo")), arg("--n", type=int, default=3000),
-            arg("--recipe", type=Path, default=DEFAULT_RECIPE), SET), run_demo, engine=True),
+            arg("--recipe", type=Path, default=DEFAULT_RECIPE), SET,
+            arg("--output-format", choices=("parquet", "webdataset"), default="parquet",
+                help="how ingest stores the demo pool's images: in the parquet shards, or in webdataset tars "
+                     "beside them (read in place)")), run_demo, engine=True),
         "reshard": RESHARD,
     }

@@ -29,7 +29,7 @@ def run_ingest(args: argparse.Namespace) -> None:
     result = ingest(args.url_list, args.out, url_col=args.url_col, caption_col=args.caption_col,
                     processes=args.processes, threads=args.threads, resize_mode=args.resize_mode,
                     image_size=args.image_size, timeout=args.timeout, retries=args.retries, shard_size=args.shard_size,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, output_format=args.output_format)
     print(json.dumps(result, indent=2, default=str))
 
 
@@ -75,6 +75,10 @@ def pool_commands() -> dict[str, Command]:
             arg("--shard-size", type=int, default=None,
                 help="samples per pool shard (default: about 4 shards per core, 256 to 10,000)"),
             arg("--overwrite", action="store_true", help="replace a pool curate wrote there from another URL list"),
+            arg("--output-format", choices=("parquet", "webdataset"), default="parquet",
+                help="parquet: image bytes in the shards' jpg column; webdataset: img2dataset's layout, NNNNN.tar "
+                     "(KEY.jpg/.txt/.json) beside each NNNNN.parquet, read in place through POOL/images/ (an index "
+                     "of member offsets); --retry-failed and --append keep the pool's format"),
             arg("--retry-failed", action="store_true", help="download again, in place, the rows of the pool --out "
                 "that failed with a transient error (not HTTP 4xx other than 408/429, not a hash mismatch)"),
             arg("--retry-all", action="store_true", help="with --retry-failed: every failed download"),

@@ -57,9 +57,9 @@ def prepare_source(source: Path, n: int, seed: int) -> None:
     log.info("generated %d demo samples in %.1fs", n, time.perf_counter() - started)
 
 
-def download(source: Path, pool: Path, workers: int | None) -> None:
+def download(source: Path, pool: Path, workers: int | None, output_format: str = "parquet") -> None:
     info = pool_info(pool) if pool.is_dir() else None
-    if info and info.get("status", "complete") == "complete":
+    if info and info.get("status", "complete") == "complete" and info.get("output_format", "parquet") == output_format:
         log.info("demo pool already downloaded to %s", pool)
         return
     with serve(source) as base_url:
@@ -67,7 +67,7 @@ def download(source: Path, pool: Path, workers: int | None) -> None:
         atomic_write_table(materialize_urls(source / "urls.parquet", base_url), urls_path)
         log.info("serving the demo pool at %s; downloading with img2dataset", base_url)
         ingest(urls_path, pool, processes=max(1, min(workers or 2, 2)), threads=32,
-               timeout=DOWNLOAD_TIMEOUT)
+               timeout=DOWNLOAD_TIMEOUT, output_format=output_format)
     shutil.copyfile(source / "ground_truth.parquet", pool / GROUND_TRUTH)
 
 
@@ -103,11 +103,11 @@ def prepare_dfn(out_dir: Path) -> Path:
 
 
 def run_demo(out_dir: Path = Path("out/demo"), *, n: int = 3000, seed: int = 0, recipe_path: Path,
-             overrides: list[str] = (), session: Session) -> dict:
+             overrides: list[str] = (), session: Session, output_format: str = "parquet") -> dict:
     started = time.perf_counter()
     recipe = load_recipe(recipe_path, list(overrides))
     prepare_source(out_dir / "source", n, seed)
-    download(out_dir / "source", out_dir / "pool", session.workers.workers)
+    download(out_dir / "source", out_dir / "pool", session.workers.workers, output_format)
     if any(stage.name == "embed" and cfg.pretrained is None for stage, cfg in recipe.stages):
         checkpoint = prepare_dfn(out_dir)
         recipe = load_recipe(recipe_path, [*overrides, f"embed.pretrained={checkpoint}"])  # also over pretrained=null

@@ -31,6 +31,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate import tarindex
 from curate.contract import Pass, Stage, config_dict, config_files
 from curate.errors import RecipeError
 from curate.fingerprint import digest, file_signature, tail_digest
@@ -75,7 +76,7 @@ def make_plan(stage: Stage, cfg: Any, shards: list[Shard], out_dir: Path) -> Pla
     if stage.check_inputs is not None:
         stage.check_inputs(cfg, manifests)
     description = stage.describe(cfg) if stage.describe is not None else None
-    inputs = input_signatures(cfg, shards, source_dirs, manifests, description)
+    inputs = input_signatures(cfg, shards, source_dirs, manifests, description, sources[POOL])
     fingerprint = digest([stage.name, inputs])
     return Plan(stage, cfg, out_dir / stage.name, sources, source_dirs, fingerprint, description, inputs)
 
@@ -112,10 +113,13 @@ def column_sources(stage: Stage, cfg: Any, shards: list[Shard], out_dir: Path) -
 
 
 def input_signatures(cfg: Any, shards: list[Shard], source_dirs: dict[str, Path], manifests: dict[str, dict],
-                     description: dict[str, Any] | None) -> dict[str, str]:
+                     description: dict[str, Any] | None, pool_columns: list[str] | None = None) -> dict[str, str]:
     """Everything a stage reads, by name -> signature: what its fingerprint is made of."""
     inputs = {"config": digest(config_dict(cfg)), "description": digest(description)}
     inputs.update({f"pool shard {shard.path.name}": file_signature(shard.path) for shard in shards})
+    pool_dir = shards[0].path.parent
+    if pool_columns and tarindex.image_column(pool_dir) in pool_columns:  # images read from tar shards
+        inputs["tar images"] = tarindex.index_signature(pool_dir)
     for name, directory in source_dirs.items():
         if name.startswith(f"{POOL}:"):
             inputs.update({f"sidecar {directory.name}/{part.name}": file_signature(part)

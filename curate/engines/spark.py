@@ -27,9 +27,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate import tarindex
 from curate.contract import Stage
 from curate.engines import plan as planning
 from curate.engines.failures import local_failures, marked, spark_failure
+from curate.engines.spark_images import with_tar_images
 from curate.fingerprint import tail_digest
 from curate.pool import Shard, repair_text, scan_shards
 from curate.progress import interval
@@ -66,8 +68,15 @@ def get_spark(master: str | None = None, app: str = "curate"):
 
 
 def read_pool(spark, shards: list[Shard], columns: list[str] | None = None):
+    """The pool's columns; an image column kept in tar shards (curate.tarindex) is read by each task
+    from the tars after a join of the index's locations (``with_tar_images``)."""
     frame = spark.read.parquet(*[str(s.path) for s in shards])
-    return frame.select(*columns) if columns is not None else frame
+    virtual = tarindex.image_column(shards[0].path.parent)
+    if virtual is None or virtual in frame.columns or (columns is not None and virtual not in columns):
+        return frame.select(*columns) if columns is not None else frame
+    wanted = columns or [*frame.columns, virtual]
+    names = [c for c in wanted if c != virtual]
+    return with_tar_images(spark, frame.select(*dict.fromkeys(["uid", *names])), shards).select(*wanted)
 
 
 def read_parts(spark, directory: Path):

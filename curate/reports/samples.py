@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curate.pool import list_shards, shard_columns
+from curate.pool import list_shards, read_shard, shard_columns
 from curate.reports.page import esc
 
 PER_GROUP = 4          # sample cards per (stage, group)
@@ -48,8 +48,10 @@ def sample_rows(pool_dir: Path, run_dir: Path, uids: list[str]) -> tuple[pl.Data
     shards = list_shards(pool_dir)
     available = shard_columns(shards[0])
     wanted = [c for c in available if c in ("uid", "text", "jpg", "status") or c.endswith("similarity_score")]
-    frames = [pl.scan_parquet(str(shard)).select(wanted).filter(pl.col("uid").is_in(uids)).collect()
-              for shard in shards]
+    frames = []
+    for shard in shards:  # read_shard: the images may be in tar shards (curate.tarindex)
+        hits = pl.read_parquet(shard, columns=["uid"]).with_row_index("row").filter(pl.col("uid").is_in(uids))
+        frames.append(pl.from_arrow(read_shard(shard, wanted, hits["row"].to_numpy())))
     rows = pl.concat(frames, how="vertical_relaxed")
     if (run_dir / "score" / "_manifest.json").exists():
         scores = pl.scan_parquet(str(run_dir / "score" / "part-*.parquet")).select("uid", "score_clip")

@@ -5,6 +5,12 @@ clip_b32_similarity_score, clip_l14_similarity_score, face_bboxes, sha256) plus 
 `<name>.npz` whose arrays b32_img, b32_txt (n x 512) and l14_img, l14_txt (n x 768) are
 float16, L2-normalised and row-aligned with the parquet (DESIGN.md section 2).
 
+`src` is either that directory or DataComp's whole download directory (``download_upstream.py``'s
+output): ``metadata/`` with the parquet + npz pairs and ``shards/`` with img2dataset's webdataset tars
+(KEY.jpg, KEY.txt, KEY.json) and a parquet per tar (uid, key, status of every row it was given). The
+images stay in those tars: the pool gets an index linking each uid to its member (curate.tarindex,
+``out/images/``), so stages that read ``jpg`` (embed, reshard, train-dfn) read them in place.
+
 The import writes `out/<name>.parquet` with every metadata column (uids validated) and, per
 model found in the npz, a row-aligned embedding sidecar `out/embeddings/<b32|l14>/part-NNNNN.parquet`
 (NNNNN = the shard's index) with `uid`, `image_emb`, `text_emb` in curate.kernels.embeddings' float16
@@ -42,6 +48,7 @@ from curate.runio import (
     read_json,
     write_manifest,
 )
+from curate.tarindex import INDEX_DIR, build_index
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +63,15 @@ def import_datacomp(src: Path, out: Path, *, overwrite: bool = False) -> dict:
     resumed; an import of other files is replaced only with ``overwrite``; a folder of files curate
     did not write is refused."""
     src, out = Path(src), Path(out)
+    metadata, tars = download_layout(src)
     with directory_lock(out):
-        parquets = list_shards(src)
+        parquets = list_shards(metadata)
         models = check_npz_files(parquets)
         source = {p.name: [file_signature(p), file_signature(p.with_suffix(".npz"))] for p in parquets}
         info = pool_info(out) if out.is_dir() else None
-        if info and info.get("status") == "complete" and info.get("source_files") == source:
-            scan_shards(out)  # still the shards it wrote
+        if info and info.get("status") == "complete" and info.get("source_files") == source and \
+                info.get("tar_shards", 0) == len(tars):
+            scan_shards(out)  # still the shards it wrote; re-indexes tars that changed
             log.info("%s already holds the import of %s: skipping", out, src)
             return info
         prepare_import(out, info, source, overwrite)
@@ -72,15 +81,42 @@ def import_datacomp(src: Path, out: Path, *, overwrite: bool = False) -> dict:
         rows = import_shards(parquets, out, models, source)
         check_unique_uids(out)
         write_sidecar_manifests(out, models, src, len(parquets), rows)
+        images = link_images(out, tars)
         info = {**begin, "status": "complete", "rows": rows, "shards": len(parquets),
                 "shard_files": {shard.path.name: shard.rows for shard in scan_shards(out, complete=False)},
+                "tar_shards": len(tars), "images_linked": images,
                 "embeddings": {model: {"model": MODELS[model][0], "pretrained": MODELS[model][1],
                                        "dim": MODELS[model][2], "path": f"{EMBEDDINGS_DIR}/{model}"}
                                for model in models}}
         atomic_write_json(info, out / POOL_INFO)
-    log.info("imported %d DataComp samples in %d shard(s) with embeddings %s into %s",
-             rows, len(parquets), list(models), out)
+    log.info("imported %d DataComp samples in %d shard(s) with embeddings %s and %d linked image(s) into %s",
+             rows, len(parquets), list(models), info["images_linked"], out)
     return info
+
+
+def download_layout(src: Path) -> tuple[Path, list[Path]]:
+    """(the metadata directory, the image tars) of ``src``: DataComp's download directory (``metadata/``
+    with parquet + npz, ``shards/`` with img2dataset's tars and their parquets), or a metadata
+    directory alone (no tars)."""
+    if not (src / "metadata").is_dir():
+        return src, []
+    tars = sorted((src / "shards").glob("*.tar")) if (src / "shards").is_dir() else []
+    for tar in tars:
+        if not tar.with_suffix(".parquet").is_file():
+            raise PoolError(f"{tar}: no {tar.with_suffix('.parquet').name} beside it; img2dataset writes one per "
+                            f"tar (with uid and key), and the images are linked to the pool through it")
+    if (src / "shards").is_dir() and not tars:
+        log.warning("%s/shards holds no .tar: importing the metadata and embeddings only", src)
+    return src / "metadata", tars
+
+
+def link_images(out: Path, tars: list[Path]) -> int:
+    """Index the download's tars for the pool by uid (curate.tarindex), the images staying where they are."""
+    shutil.rmtree(out / INDEX_DIR, ignore_errors=True)
+    if not tars:
+        return 0
+    shards = [shard.path for shard in scan_shards(out, complete=False)]
+    return build_index(out, [(tar, tar.with_suffix(".parquet")) for tar in tars], shards, origin="datacomp")["images"]
 
 
 def prepare_import(out: Path, info: dict | None, source: dict, overwrite: bool) -> None:

@@ -44,8 +44,10 @@ from tqdm import tqdm
 from curate.errors import PoolError, RunDirError
 from curate.outputs import claim, directory_lock
 from curate.pool import POOL_INFO, pool_info, scan_shards
-from curate.runio import atomic_write_json, atomic_write_table, package_versions
+from curate.runio import atomic_write_json, package_versions
+from curate.steps.pool_tars import check_format, index_pool, store_shard
 from curate.steps.url_list import ROW, read_url_list
+from curate.tarindex import INDEX_DIR
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +66,16 @@ RAW_COLUMNS = [ROW, "sha256", "original_width", "original_height", "width", "hei
 def ingest(url_list: Path, out: Path, *, url_col: str = "url", caption_col: str = "caption",
            processes: int = 2, threads: int = 16, resize_mode: str = "no", image_size: int = 512,
            timeout: float = 10.0, retries: int = 0, shard_size: int | None = None,
-           max_caption_chars: int | None = None, overwrite: bool = False) -> dict:
+           max_caption_chars: int | None = None, overwrite: bool = False, output_format: str = "parquet") -> dict:
     """Download `url_list` with img2dataset into the pool directory `out`; returns `_pool.json`.
-    ``shard_size`` None: ``default_shard_size`` for the list's rows and this machine's cores."""
+    ``shard_size`` None: ``default_shard_size`` for the list's rows and this machine's cores.
+    ``output_format`` "webdataset" keeps the images in tars beside the shards (curate.steps.pool_tars)."""
     url_list, out = Path(url_list), Path(out)
+    check_format(output_format)
     with directory_lock(out):
         inputs, truncated = read_url_list(url_list, url_col, caption_col, max_caption_chars)
         shard_size = shard_size or default_shard_size(inputs.num_rows)
-        return _ingest(url_list, out, inputs, truncated, overwrite,
+        return _ingest(url_list, out, inputs, truncated, overwrite, output_format,
                        download_options(processes, threads, resize_mode, image_size, timeout, retries, shard_size))
 
 
@@ -92,21 +96,26 @@ def default_shard_size(rows: int, cores: int | None = None) -> int:
     return max(MIN_SHARD, min(MAX_SHARD, -(-rows // (4 * cores))))
 
 
-def _ingest(url_list: Path, out: Path, inputs: pa.Table, truncated: int, overwrite: bool, options: dict) -> dict:
+def _ingest(url_list: Path, out: Path, inputs: pa.Table, truncated: int, overwrite: bool, output_format: str,
+            options: dict) -> dict:
     shard_size = options["number_sample_per_shard"]
-    finished = finished_pool(out, url_list, inputs.num_rows)
+    finished = finished_pool(out, url_list, inputs.num_rows, output_format)
     if finished is not None:
         log.info("%s already holds the pool of %s (%d rows): skipping", out, url_list, inputs.num_rows)
         return finished
     prepare_out(out, url_list, overwrite)
-    begin = {"status": "writing", "command": "ingest", "source": str(url_list.resolve()), "format": "img2dataset"}
+    begin = {"status": "writing", "command": "ingest", "source": str(url_list.resolve()), "format": "img2dataset",
+             "output_format": output_format}
     atomic_write_json(begin, out / POOL_INFO)
     work = out / WORK_DIR
     try:
         raw_dirs = run_downloads(inputs, work, options)
-        status_counts = write_pool(inputs, raw_files(raw_dirs, inputs, url_list), out, shard_size)
+        status_counts = write_pool(inputs, raw_files(raw_dirs, inputs, url_list), out, shard_size,
+                                   output_format=output_format)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if output_format == "webdataset":
+        index_pool(out)
     info = {**begin, "status": "complete", "rows": inputs.num_rows,
             "shard_files": {shard.path.name: shard.rows for shard in scan_shards(out, complete=False)},
             "shards": -(-inputs.num_rows // shard_size), "status_counts": dict(sorted(status_counts.items())),
@@ -118,12 +127,14 @@ def _ingest(url_list: Path, out: Path, inputs: pa.Table, truncated: int, overwri
     return info
 
 
-def finished_pool(out: Path, url_list: Path, rows: int) -> dict | None:
+def finished_pool(out: Path, url_list: Path, rows: int, output_format: str = "parquet") -> dict | None:
     """The `_pool.json` of a complete earlier ingest of the same URL list into `out`, if any."""
     info = pool_info(out) if out.is_dir() else None
     if not info or info.get("status", "complete") != "complete":
         return None
     if info.get("source") != str(url_list.resolve()) or info.get("rows") != rows:
+        return None
+    if info.get("output_format", "parquet") != output_format:
         return None
     try:
         scan_shards(out)  # the shards are still the ones written
@@ -145,6 +156,8 @@ def prepare_out(out: Path, url_list: Path, overwrite: bool) -> None:
     written = set((info or {}).get("shard_files") or ()) | {p.name for p in out.glob("*.parquet") if SHARD_NAME.match(p.name)}
     for name in written:
         (out / name).unlink(missing_ok=True)
+        (out / name).with_suffix(".tar").unlink(missing_ok=True)
+    shutil.rmtree(out / INDEX_DIR, ignore_errors=True)
     (out / POOL_INFO).unlink(missing_ok=True)
     shutil.rmtree(out / WORK_DIR, ignore_errors=True)
 
@@ -203,7 +216,7 @@ def raw_files(raw_dirs: list[Path], inputs: pa.Table, url_list: Path) -> list[tu
 
 
 def write_pool(inputs: pa.Table, files: list[tuple[Path, int, int]], out: Path, shard_size: int,
-               first_index: int = 0) -> Counter:
+               first_index: int = 0, output_format: str = "parquet") -> Counter:
     """Pool shard first_index + k = input rows [k * shard_size, (k + 1) * shard_size), joined to the
     download results."""
     status_counts: Counter = Counter()
@@ -215,7 +228,7 @@ def write_pool(inputs: pa.Table, files: list[tuple[Path, int, int]], out: Path, 
         shard = pool_shard(inputs.slice(low, high - low), pa.concat_tables(raw, promote_options="permissive"))
         counted = pc.value_counts(shard["status"])
         status_counts.update(dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist())))
-        atomic_write_table(shard, out / f"{first_index + index:05d}.parquet")
+        store_shard(shard, out / f"{first_index + index:05d}.parquet", output_format)
     return status_counts
 
 

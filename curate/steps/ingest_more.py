@@ -13,6 +13,8 @@
   any download, naming the URL list row and the pool shard and row. Appending the same list again
   is a no-op.
 
+Both keep the pool's output format (``_pool.json`` ``output_format``): in a webdataset pool a retried
+shard's tar is rewritten with the new images, then its parquet, and the tar index is rebuilt.
 Both write ``_pool.json`` with status "writing" first (so no stage reads a half-changed pool) and
 "complete" with the new shard list last; a run killed in between is completed by running it again
 (a retry finds the rows still failed; an append removes the shards it had begun and starts over).
@@ -32,9 +34,10 @@ import pyarrow.parquet as pq
 
 from curate.errors import PoolError, RunDirError
 from curate.outputs import directory_lock
-from curate.pool import POOL_INFO, pool_info, scan_shards
-from curate.runio import atomic_write_json, atomic_write_table
+from curate.pool import POOL_INFO, pool_info, read_shard, scan_shards
+from curate.runio import atomic_write_json
 from curate.steps import ingest as base
+from curate.steps.pool_tars import index_pool, store_shard
 from curate.steps.url_list import ROW, read_url_list
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,9 @@ def retry_failed(out: Path, options: dict, retry_all: bool = False) -> dict:
     out = Path(out)
     with directory_lock(out):
         info = ingest_info(out, "retry-failed")
+        output_format = info.get("output_format", "parquet")
+        if output_format == "webdataset":  # a killed retry may have replaced a tar but not its parquet
+            index_pool(out)
         shards = scan_shards(out, complete=False)
         inputs, where = [], {}
         offset = 0
@@ -87,9 +93,11 @@ def retry_failed(out: Path, options: dict, retry_all: bool = False) -> dict:
         try:
             files = retried_files(base.run_downloads(inputs, work, options), inputs, out)
             for path, (first, rows) in where.items():
-                replace_rows(path, first, rows, inputs, files)
+                replace_rows(path, first, rows, inputs, files, output_format)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if output_format == "webdataset":
+            index_pool(out)
         return finish(out, info, {"command": "retry-failed", "rows": inputs.num_rows})
 
 
@@ -102,15 +110,17 @@ def retried_files(raw_dirs: list[Path], inputs: pa.Table, out: Path) -> pa.Table
     return raw
 
 
-def replace_rows(path: Path, first: int, rows: np.ndarray, inputs: pa.Table, raw: pa.Table) -> None:
-    """Shard ``path`` with its rows ``rows`` replaced by their new download results, atomically."""
-    table = pq.read_table(path)
+def replace_rows(path: Path, first: int, rows: np.ndarray, inputs: pa.Table, raw: pa.Table,
+                 output_format: str = "parquet") -> None:
+    """Shard ``path`` with its rows ``rows`` replaced by their new download results, atomically (in
+    the webdataset format: its tar first, then its parquet)."""
+    table = read_shard(path)  # with the image bytes, from the tar in the webdataset format
     mine = pc.is_in(inputs[ROW], pa.array(first + rows, pa.int64()))
     new = base.pool_shard(inputs.filter(mine).sort_by(ROW), raw.filter(pc.is_in(raw[ROW], inputs.filter(mine)[ROW])))
     order = np.arange(table.num_rows, dtype=np.int64)
     order[rows] = table.num_rows + np.arange(len(rows))
     merged = pa.concat_tables([table.cast(base.POOL_SCHEMA), new]).take(pa.array(order))
-    atomic_write_table(merged, path)
+    store_shard(merged, path, output_format)
 
 
 def append(url_list: Path, out: Path, options: dict, url_col: str = "url", caption_col: str = "caption") -> dict:
@@ -126,6 +136,7 @@ def append(url_list: Path, out: Path, options: dict, url_col: str = "url", capti
             for path in out.glob("*.parquet"):
                 if base.SHARD_NAME.match(path.name) and path.name not in info["shard_files"]:
                     path.unlink()
+                    path.with_suffix(".tar").unlink(missing_ok=True)
         inputs, truncated = read_url_list(url_list, url_col, caption_col, None)
         check_new_uids(inputs, out, url_list)
         shard_size = info["img2dataset"]["number_sample_per_shard"]
@@ -136,9 +147,12 @@ def append(url_list: Path, out: Path, options: dict, url_col: str = "url", capti
         try:
             raw_dirs = base.run_downloads(inputs, work, {**options, "number_sample_per_shard": shard_size})
             files = base.raw_files(raw_dirs, inputs, url_list)
-            counts = base.write_pool(inputs, files, out, shard_size, first_index=first)
+            counts = base.write_pool(inputs, files, out, shard_size, first_index=first,
+                                     output_format=info.get("output_format", "parquet"))
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if info.get("output_format") == "webdataset":
+            index_pool(out)
         appended = [*info.get("appended", []), {"source": source, "rows": inputs.num_rows,
                                                        "captions_truncated": truncated, "status_counts": dict(counts)}]
         return finish(out, info, {"command": "append", "rows": inputs.num_rows}, appended=appended)

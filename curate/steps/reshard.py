@@ -1,7 +1,7 @@
 """`curate reshard`: a run's selected samples -> webdataset tar shards that open_clip trains on.
 
 Reproduces DataComp's resharder (Gadre et al. 2023, mlfoundations/datacomp ``resharder.py``), reading
-a parquet pool with image bytes (``jpg``) where DataComp reads img2dataset tars:
+a pool's image bytes (``jpg``) from its parquet shards or, in place, from its webdataset tars (curate.tarindex):
 
 - selection: RUN_DIR/subset.npy (or a ``.npy`` given directly; dtype exactly ``u8,u8``), else the
   uids of RUN_DIR/subset/part-*.parquet. A uid repeated n times is written as n samples;
@@ -53,10 +53,11 @@ from curate.engines.plan import remove_temporaries
 from curate.errors import ReshardError
 from curate.fingerprint import digest, file_signature
 from curate.outputs import claim, directory_lock
-from curate.pool import Shard, parquet_file, read_shard, scan_shards
+from curate.pool import Shard, read_shard, scan_shards, shard_schema
 from curate.runio import MANIFEST, read_json, read_manifest, write_manifest
 from curate.steps.resharding import COPY, POOL_ROW, POOL_SHARD, SAMPLE, SHARD, WORK, run_local, run_spark
 from curate.steps.tars import FACES, attach_curation, check_face_boxes, json_type, load_curation
+from curate.tarindex import index_files
 from curate.uid import SUBSET_DTYPE, pairs_to_uids, uid_pairs, uid_uniform
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def _reshard(source: Path, out: Path, cfg: ReshardConfig, pool: Path | None, ses
     extra = [FACES] if cfg.blur_faces and FACES not in pool_json else []
     spec = ShardSpec(str(out), cfg, (cfg.image_column, cfg.text_column, *pool_json, *extra),
                      tuple(sorted(pool_json + curation.column_names[1:])), max(9, len(str(plan.num_rows - 1))))
-    fingerprint = _fingerprint(cfg, [s.path for s in shards] + selection_files + curation_files)
+    fingerprint = _fingerprint(cfg, [s.path for s in shards] + index_files(pool) + selection_files + curation_files)
     with directory_lock(out):  # everything above only read; from here on OUT is written
         return _write(plan, shards, spec, fingerprint, clipped, selection, source, pool, session, started)
 
@@ -140,7 +141,7 @@ def _write(plan: pa.Table, shards: list[Shard], spec: ShardSpec, fingerprint: st
 
 
 def check_pool_schema(pool: Path, shards: list[Shard], cfg: ReshardConfig) -> pa.Schema:
-    schema = parquet_file(next((s.path for s in shards if s.rows), shards[0].path)).schema_arrow
+    schema = shard_schema(next((s.path for s in shards if s.rows), shards[0].path))
     if cfg.image_column not in schema.names:
         raise ReshardError(f"{pool}: no {cfg.image_column!r} column; reshard needs image bytes (a pool made by "
                            f"`curate ingest`, or a DataComp pool downloaded with img2dataset); it has {schema.names}")

@@ -23,6 +23,7 @@ from curate.pool import Shard, read_shard
 from curate.progress import Progress
 from curate.runio import atomic_write_ipc
 from curate.steps.tars import write_shard
+from curate.tarindex import image_column
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ _LAST_READ: dict[tuple, pa.Table] = {}  # per worker process: the pool shard rea
 
 def _pool_rows(path: Path, piece: pa.Table, columns: tuple[str, ...], *, keep: bool) -> pa.Table:
     """The plan rows ``piece`` of pool shard ``path`` with the pool's ``columns`` appended."""
+    if image_column(path.parent) in columns:  # images in tars: read the selected rows only
+        table = read_shard(path, list(columns), piece.column(POOL_ROW).to_numpy())
+        for name in columns:
+            piece = piece.append_column(table.schema.field(name), table.column(name))
+        return piece
     key = (str(path), path.stat().st_mtime_ns, columns)
     table = _LAST_READ[key] if key in _LAST_READ else read_shard(path, list(columns))
     if keep and key not in _LAST_READ:

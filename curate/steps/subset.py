@@ -26,13 +26,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate import tarindex
 from curate.contract import Stage
 from curate.engines import Session
 from curate.engines.plan import prepare_output, require_local_layout
 from curate.errors import PoolError, RecipeError
 from curate.fingerprint import digest, file_signature
 from curate.outputs import directory_lock
-from curate.pool import Shard, parquet_file, read_shard, scan_shards
+from curate.pool import Shard, parquet_file, read_shard, scan_shards, shard_columns
 from curate.runio import atomic_write_table, done_stats, is_done, mark_done, read_manifest, write_manifest
 from curate.selection import Select, evaluate, parse_select
 from curate.uid import uid_pairs, write_datacomp_subset
@@ -72,6 +73,8 @@ def check_select_plan(select: str, shards: list[Shard], stages: list[Stage]) -> 
 def _inputs(select: Select, out_dir: Path, stage_names: list[str], pool_dir: Path) -> dict[str, str]:
     inputs = {"select": select.sql, **{f"stage {name}": read_manifest(out_dir / name)["fingerprint"] for name in stage_names}}
     inputs.update({f"pool shard {shard.path.name}": file_signature(shard.path) for shard in scan_shards(pool_dir)})
+    if tarindex.image_column(pool_dir):
+        inputs["tar images"] = tarindex.index_signature(pool_dir)
     return inputs
 
 
@@ -113,7 +116,9 @@ def _subset_local(pool_dir: Path, out_dir: Path, stage_names: list[str], select:
 
 def _subset_partition(task: tuple[Shard, Path, tuple[str, ...], Select]) -> dict:
     shard, out_dir, stage_names, select = task
-    table = read_shard(shard.path)
+    columns = shard_columns(shard.path)
+    from_tars = tarindex.image_column(shard.path.parent)  # images in tar shards: read the selected rows' only
+    table = read_shard(shard.path, [c for c in columns if c != from_tars])
     for name in stage_names:
         part = pq.read_table(out_dir / name / f"{shard.part}.parquet")
         if not part.column("uid").equals(table.column("uid")):
@@ -123,8 +128,12 @@ def _subset_partition(task: tuple[Shard, Path, tuple[str, ...], Select]) -> dict
                 table = table.append_column(field, column)
     check_select(select, table.schema)
     frame = pl.from_arrow(table)
-    selected = frame.filter(select_mask(frame, select)).to_arrow()
-    atomic_write_table(selected.cast(table.schema), out_dir / SUBSET / f"{shard.part}.parquet")
+    mask = select_mask(frame, select).fill_null(False).to_numpy()
+    selected = table.filter(pa.array(mask))
+    if from_tars:
+        images = read_shard(shard.path, [from_tars], np.flatnonzero(mask)).column(from_tars)
+        selected = selected.add_column(columns.index(from_tars), pa.field(from_tars, pa.binary()), images)
+    atomic_write_table(selected, out_dir / SUBSET / f"{shard.part}.parquet")
     stats = {"part": shard.part, "rows": selected.num_rows, "rows_in": table.num_rows}
     mark_done(out_dir / SUBSET, shard.part, stats, out_dir / SUBSET / f"{shard.part}.parquet")
     return stats
@@ -153,16 +162,24 @@ def _spark_filter(frame, select: Select):
 def _subset_spark(pool_dir: Path, out_dir: Path, stage_names: list[str], select: Select, spark,
                   fields: dict) -> tuple[int, int, str]:
     from curate.engines import spark as spark_engine
+    from curate.engines.spark_images import with_tar_images
 
     write_manifest(out_dir / SUBSET, status="running", layout=spark_engine.LAYOUT, **fields)
-    frame = spark_engine.read_pool(spark, scan_shards(pool_dir))
+    shards = scan_shards(pool_dir)
+    columns = shard_columns(shards[0].path)
+    from_tars = tarindex.image_column(pool_dir)  # images in tar shards: read after the filter
+    frame = spark_engine.read_pool(spark, shards, [c for c in columns if c != from_tars])
     rows_in = frame.count()
     for name in stage_names:
         frame = frame.join(spark_engine.read_parts(spark, out_dir / name), on="uid", how="left")
     if any(c not in frame.columns for c in select.columns()):
         missing = [c for c in select.columns() if c not in frame.columns]
         raise RecipeError(f"select {select.text!r} names unknown column(s) {missing}; available: {sorted(frame.columns)}")
-    rows, part_files = spark_engine.write_parts(_spark_filter(frame, select), out_dir / SUBSET)
+    selected = _spark_filter(frame, select)
+    if from_tars:
+        order = [*columns, *[c for c in selected.columns if c not in columns]]
+        selected = with_tar_images(spark, selected, shards).select(*order)
+    rows, part_files = spark_engine.write_parts(selected, out_dir / SUBSET)
     fields["part_files"] = part_files
     return rows, rows_in, spark_engine.LAYOUT
 

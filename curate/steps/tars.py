@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import math
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import pyarrow.parquet as pq
 
 from curate.errors import ReshardError
 from curate.runio import atomic_path, atomic_write_json
+from curate.tarfiles import end_of_archive, member_bytes
 from curate.uid import uid_pairs
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,11 @@ def write_shard(rows: pa.Table, shard: int, spec: Any, sample_column: str) -> di
             text = columns[cfg.text_column][index] or ""
             for suffix, data in (("jpg", image), ("txt", text.encode("utf-8", "surrogatepass")),
                                  ("json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode())):
-                archive.write(tar_header(f"{key}.{suffix}", len(data)) + data + bytes(-len(data) % tarfile.BLOCKSIZE))
+                archive.write(member_bytes(f"{key}.{suffix}", data))
             stats["successes"] += 1
             stats["blurred"] += image is not columns[cfg.image_column][index]
             stats["uids"].append(uid)
-        archive.write(bytes(2 * tarfile.BLOCKSIZE))  # the end-of-archive marker, then pad as tarfile does
-        archive.write(bytes(-archive.tell() % tarfile.RECORDSIZE))
+        archive.write(end_of_archive(archive.tell()))
     stats["bytes"] = path.stat().st_size
     atomic_write_json(stats, out / f"{shard:08d}_stats.json")
     return stats
@@ -84,24 +83,6 @@ def _image(columns: dict[str, list], index: int, cfg: Any) -> tuple[bytes | None
     blurred = blur_faces(data, boxes, cfg.jpeg_quality)
     return (blurred, None) if blurred is not None else (None, "undecodable_image")
 
-
-# A ustar header as tarfile writes it for a regular file with mode 0644, uid/gid 0, no owner
-# names, mtime 0; per member only the name, the size and the checksum change. (tarfile's own
-# addfile costs ~55 us a member, more than the rest of the shard writer together.)
-_HEADER = bytearray(tarfile.TarInfo("").tobuf(tarfile.USTAR_FORMAT))
-
-
-def tar_header(name: str, size: int) -> bytes:
-    """The 512-byte ustar header of a member ``name`` (ASCII, < 100 characters) of ``size`` bytes."""
-    header = bytearray(_HEADER)
-    encoded = name.encode("ascii")
-    if len(encoded) >= 100:
-        raise ValueError(f"tar member name too long: {name!r}")
-    header[:len(encoded)] = encoded
-    header[124:136] = b"%011o\0" % size
-    header[148:156] = b" " * 8  # the checksum is computed with its own field as spaces
-    header[148:155] = b"%06o\0" % sum(header)
-    return bytes(header)
 
 def load_curation(source: Path, pool_columns: list[str]) -> tuple[pa.Table, list[Path]]:
     """uid and the subset's JSON-able columns the pool does not have (the stages' columns)."""

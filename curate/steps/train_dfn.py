@@ -39,7 +39,7 @@ from typing import Any
 from curate.errors import PoolError, TrainingError
 from curate.kernels.images import open_image
 from curate.models import clip as models
-from curate.pool import list_shards, read_shard
+from curate.pool import read_shard, scan_shards
 from curate.runio import atomic_path, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def export_rows(pool: Path, images_dir: Path, size: int, image_column: str = "jp
     images_dir.mkdir(parents=True, exist_ok=True)
     rows, skipped = [], Counter()
     with ThreadPoolExecutor(4) as executor:
-        for shard in list_shards(pool):
+        for shard in [s.path for s in scan_shards(pool)]:  # scan: indexes tar images if needed
             table = read_shard(shard, None)
             for column in ("uid", image_column, text_column):
                 if column not in table.column_names:
