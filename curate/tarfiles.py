@@ -70,11 +70,24 @@ def scan_members(tar: Path, extension: str = "jpg") -> dict[str, tuple[int, int]
 
 
 def read_members(tar: Path, offsets: np.ndarray, sizes: np.ndarray) -> list[bytes]:
-    """The bytes of each (offset, size) of ``tar``, in the order given."""
+    """The bytes of each (offset, size) of ``tar``, in the order given. When the members asked for
+    fill at least half of the range they span (a whole shard, say), the range is read in one call
+    and sliced; otherwise each member is read at its offset."""
     order = np.argsort(offsets, kind="stable")
     result: list[bytes] = [b""] * len(order)
+    if not len(order):
+        return result
+    low, high = int(offsets.min()), int((offsets + sizes).max())
     try:
         with open(tar, "rb", buffering=0) as handle:
+            if 2 * int(sizes.sum()) >= high - low:
+                handle.seek(low)
+                span = handle.read(high - low)
+                if len(span) != high - low:
+                    raise PoolError(f"{tar}: truncated: bytes {low}..{high} were indexed, the file ends at "
+                                    f"{low + len(span)}")
+                view = memoryview(span)
+                return [bytes(view[int(o) - low:int(o) - low + int(z)]) for o, z in zip(offsets, sizes)]
             for index in order:
                 handle.seek(int(offsets[index]))
                 data = handle.read(int(sizes[index]))

@@ -166,7 +166,15 @@ def stale_reason(pool_dir: Path, manifest: dict, shards: list[Path]) -> str | No
 def ensure_index(pool_dir: Path, shards: list[Path]) -> dict | None:
     """The index of the pool with parquet ``shards``: built if tars lie beside them and there is none,
     rebuilt if stale."""
-    pool_dir = Path(pool_dir)
+    try:
+        return _ensure(Path(pool_dir), shards)
+    except OSError as error:
+        raise PoolError(f"{pool_dir}: cannot write its tar index into {Path(pool_dir) / INDEX_DIR} ({error}); the "
+                        f"images of a webdataset pool are read through it, so the pool directory must be writable "
+                        f"once") from error
+
+
+def _ensure(pool_dir: Path, shards: list[Path]) -> dict | None:
     manifest = load_index(pool_dir)
     if manifest is None:
         sources = beside_sources(pool_dir)

@@ -10,6 +10,9 @@ error_message, jpg. A failed download stays a row with img2dataset's status
 ("failed_to_download" or "failed_to_resize") and error message, so the pool has exactly the
 input's rows (DESIGN.md section 6); if img2dataset loses a row, ingest stops and names it.
 
+``output_format="webdataset"`` writes the same pool with the image bytes in ``NNNNN.tar`` beside each
+shard instead of its ``jpg`` column (curate.steps.pool_tars; read in place through curate.tarindex).
+
 img2dataset behaviours this module relies on (1.47):
 - rows come back in completion order, not input order: an input row index travels with
   each sample as an additional column and the pool is sorted by it;
