@@ -3,6 +3,9 @@
 Shards are the `*.parquet` files directly inside the pool directory, in name order; a shard's
 index in that order is its partition number. Subdirectories hold sidecars (e.g.
 `embeddings/<model>/`), never shards. `uid` is the only required column and the only join key.
+A pool may keep its image column in webdataset tars instead (curate.tarindex): `scan_shards`
+indexes them (once) into `images/`, and `read_shard` / `shard_columns` show that column as if the
+parquet had it.
 
 Structural problems stop with a `PoolError` naming the file (and row where there is one):
 a missing directory, no shards, an unreadable (e.g. truncated) parquet file, a missing
