@@ -5,8 +5,9 @@ the shards (``00000.parquet`` + ``00000.tar``: what img2dataset's webdataset out
 --output-format webdataset`` write) or anywhere else, linked by uid (a DataComp download directory's
 ``shards/``, through ``curate import-datacomp``). The link is an index kept in the pool, built once:
 
-    POOL/images/_manifest.json      the image column, the tars (path relative to the pool, size,
-                                    mtime) and the sources it was built from (tar + its parquet)
+    POOL/images/_sources.json       what it is built from (each tar + its parquet), written first
+    POOL/images/_manifest.json      written last: the image column, the tars (path relative to the
+                                    pool, size, mtime), the shards (size, mtime) and the sources
     POOL/images/<shard>.parquet     row-aligned with POOL/<shard>.parquet: uid, tar (a position in
                                     the manifest's list), offset, size of the image member's data;
                                     null where the sample has no image (a failed download)
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 INDEX_DIR = "images"
 MANIFEST = "_manifest.json"
+SOURCES = "_sources.json"  # what the index is built from, written before its parts
 IMAGE_COLUMN = "jpg"
 LOCATION_COLUMNS = ("_tar", "_offset", "_size")  # the index's columns as the Spark engine joins them
 SUCCESS = "success"
@@ -114,6 +116,11 @@ def build_index(pool_dir: Path, sources: list[tuple[Path, Path]], shards: list[P
         tars = [str(sources[t][0]) for t in repeated.filter(pl.col("uid") == uid)["tar"]]
         raise PoolError(f"uid {uid} has an image in more than one tar: {tars}")
     out = pool_dir / INDEX_DIR
+    (out / MANIFEST).unlink(missing_ok=True)  # parts of two builds never pass for one index: the manifest comes last
+    _load.cache_clear()
+    recipe = {"image_column": image_column, "extension": extension, "origin": origin,
+              "sources": [[_relative(tar, pool_dir), _relative(parquet, pool_dir)] for tar, parquet in sources]}
+    atomic_write_json(recipe, out / SOURCES)  # first: a build killed midway is redone from it
     linked_per_shard = {}
     for shard in shards:
         uids = pl.read_parquet(shard, columns=["uid"])
@@ -124,9 +131,7 @@ def build_index(pool_dir: Path, sources: list[tuple[Path, Path]], shards: list[P
     if linked < locations.height:
         log.warning("%s: %d image(s) in the tars have a uid that is in no pool shard; they are not part of the pool",
                     pool_dir, locations.height - linked)
-    manifest = {"status": "complete", "image_column": image_column, "extension": extension, "origin": origin,
-                "tars": [{"path": _relative(tar, pool_dir), **tar_stat(tar)} for tar, _ in sources],
-                "sources": [[_relative(tar, pool_dir), _relative(parquet, pool_dir)] for tar, parquet in sources],
+    manifest = {"status": "complete", **recipe, "tars": [{"path": _relative(tar, pool_dir), **tar_stat(tar)} for tar, _ in sources],
                 "images": linked, "shards": linked_per_shard}
     atomic_write_json(manifest, out / MANIFEST)
     log.info("%s: indexed %d images in %d tar(s) for %d pool shard(s)", pool_dir, linked, len(sources), len(shards))
@@ -176,20 +181,28 @@ def ensure_index(pool_dir: Path, shards: list[Path]) -> dict | None:
 
 def _ensure(pool_dir: Path, shards: list[Path]) -> dict | None:
     manifest = load_index(pool_dir)
-    if manifest is None:
+    unfinished = pool_dir / INDEX_DIR / SOURCES
+    if manifest is None and unfinished.is_file():
+        manifest, reason = read_json(unfinished), "a build of it did not finish"
+    elif manifest is None:
         sources = beside_sources(pool_dir)
         if not sources:
             return None
         log.info("%s: its images are in %d tar shard(s); indexing them once (%s/)", pool_dir, len(sources), INDEX_DIR)
         return build_index(pool_dir, sources, shards)
-    reason = stale_reason(pool_dir, manifest, shards)
-    if reason is None:
-        return manifest
-    sources = ([(pool_dir / t, pool_dir / p) for t, p in manifest["sources"]] if manifest["origin"] != "beside"
-               else beside_sources(pool_dir))
+    else:
+        reason = stale_reason(pool_dir, manifest, shards)
+        if reason is None:
+            return manifest
     log.warning("%s: the tar index is stale (%s); rebuilding it", pool_dir, reason)
-    return build_index(pool_dir, sources, shards, image_column=manifest["image_column"], extension=manifest["extension"],
-                       origin=manifest["origin"])
+    return build_index(pool_dir, _sources(pool_dir, manifest), shards, image_column=manifest["image_column"],
+                       extension=manifest["extension"], origin=manifest["origin"])
+
+
+def _sources(pool_dir: Path, manifest: dict) -> list[tuple[Path, Path]]:
+    if manifest["origin"] == "beside":
+        return beside_sources(pool_dir)
+    return [(pool_dir / tar, pool_dir / parquet) for tar, parquet in manifest["sources"]]
 
 
 def image_column(pool_dir: Path) -> str | None:

@@ -234,3 +234,8 @@ def test_datacomp_download_directory_is_imported_and_resharded(tmp_path):
     for tar in sorted((tmp_path / "from-parquet").glob("*.tar")):
         assert (tmp_path / "from-tars" / tar.name).read_bytes() == tar.read_bytes()
     assert json.loads((pool / "images" / "_manifest.json").read_text())["origin"] == "datacomp"
+    # an index build killed before its manifest is redone from images/_sources.json on the next scan
+    (pool / "images" / "_manifest.json").unlink()
+    scan_shards(pool)
+    rebuilt = json.loads((pool / "images" / "_manifest.json").read_text())
+    assert rebuilt["origin"] == "datacomp" and rebuilt["images"] == info["images_linked"]
