@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import PoolError
-from curate.fingerprint import digest
+from curate.fingerprint import digest, file_signature
 from curate.progress import Progress
 from curate.runio import atomic_write_json, atomic_write_table, read_json
 from curate.tarfiles import read_members, scan_members
@@ -66,10 +66,9 @@ def tar_stat(path: Path) -> dict:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def beside_sources(pool_dir: Path) -> list[tuple[Path, Path]]:
-    """(tar, parquet) for every pool shard with a tar of the same name beside it."""
-    return [(p.with_suffix(".tar"), p) for p in sorted(Path(pool_dir).glob("*.parquet"))
-            if not p.name.startswith((".", "_")) and p.with_suffix(".tar").is_file()]
+def beside_sources(shards: list[Path]) -> list[tuple[Path, Path]]:
+    """(tar, parquet) for every pool shard (a parquet path) with a tar of the same name beside it."""
+    return [(p.with_suffix(".tar"), p) for p in shards if p.with_suffix(".tar").is_file()]
 
 
 def tar_locations(tar: Path, parquet: Path, extension: str) -> pl.DataFrame:
@@ -163,7 +162,7 @@ def stale_reason(pool_dir: Path, manifest: dict, shards: list[Path]) -> str | No
     now = {p.stem: tar_stat(p) for p in shards}
     if now != {stem: {"size": e["size"], "mtime_ns": e["mtime_ns"]} for stem, e in manifest["shards"].items()}:
         return "the pool's shards changed"
-    if manifest["origin"] == "beside" and len(beside_sources(pool_dir)) != len(manifest["tars"]):
+    if manifest["origin"] == "beside" and len(beside_sources(shards)) != len(manifest["tars"]):
         return "tars were added beside the shards"
     return None
 
@@ -185,7 +184,7 @@ def _ensure(pool_dir: Path, shards: list[Path]) -> dict | None:
     if manifest is None and unfinished.is_file():
         manifest, reason = read_json(unfinished), "a build of it did not finish"
     elif manifest is None:
-        sources = beside_sources(pool_dir)
+        sources = beside_sources(shards)
         if not sources:
             return None
         log.info("%s: its images are in %d tar shard(s); indexing them once (%s/)", pool_dir, len(sources), INDEX_DIR)
@@ -195,13 +194,13 @@ def _ensure(pool_dir: Path, shards: list[Path]) -> dict | None:
         if reason is None:
             return manifest
     log.warning("%s: the tar index is stale (%s); rebuilding it", pool_dir, reason)
-    return build_index(pool_dir, _sources(pool_dir, manifest), shards, image_column=manifest["image_column"],
+    return build_index(pool_dir, _sources(pool_dir, manifest, shards), shards, image_column=manifest["image_column"],
                        extension=manifest["extension"], origin=manifest["origin"])
 
 
-def _sources(pool_dir: Path, manifest: dict) -> list[tuple[Path, Path]]:
+def _sources(pool_dir: Path, manifest: dict, shards: list[Path]) -> list[tuple[Path, Path]]:
     if manifest["origin"] == "beside":
-        return beside_sources(pool_dir)
+        return beside_sources(shards)
     return [(pool_dir / tar, pool_dir / parquet) for tar, parquet in manifest["sources"]]
 
 
@@ -220,11 +219,9 @@ def index_files(pool_dir: Path) -> list[Path]:
 
 
 def index_signature(pool_dir: Path) -> str:
-    """What a stage reading the tar images depends on: the tars as indexed and the index parts."""
-    from curate.fingerprint import file_signature
-
-    directory = Path(pool_dir) / INDEX_DIR
-    return digest([file_signature(p) for p in sorted(directory.glob("*.parquet"))] + [load_index(pool_dir)["tars"]])
+    """What a stage reading the tar images depends on: the index's files (its manifest records the
+    tars' sizes and times)."""
+    return digest([file_signature(path) for path in index_files(pool_dir)])
 
 
 def read_locations(pool_dir: Path, stem: str, uids: pa.ChunkedArray | pa.Array,
@@ -245,9 +242,9 @@ def read_locations(pool_dir: Path, stem: str, uids: pa.ChunkedArray | pa.Array,
 
 
 def read_images(pool_dir: Path, tars: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
-                manifest: dict | None = None) -> pa.Array:
+                ) -> pa.Array:
     """The image bytes at (tar, offset, size) per row; null where tar is negative (no image)."""
-    manifest = manifest or load_index(pool_dir)
+    manifest = load_index(pool_dir)
     values: list[bytes | None] = [None] * len(tars)
     for number in np.unique(tars[tars >= 0]):
         entry = manifest["tars"][number]

@@ -37,7 +37,7 @@ from curate.outputs import directory_lock
 from curate.pool import POOL_INFO, pool_info, read_shard, scan_shards
 from curate.runio import atomic_write_json
 from curate.steps import ingest as base
-from curate.steps.pool_tars import index_pool, store_shard
+from curate.steps.pool_tars import fresh_index, index_pool, store_shard
 from curate.steps.url_list import ROW, read_url_list
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def retry_failed(out: Path, options: dict, retry_all: bool = False) -> dict:
         info = ingest_info(out, "retry-failed")
         output_format = info.get("output_format", "parquet")
         if output_format == "webdataset":  # a killed retry may have replaced a tar but not its parquet
-            index_pool(out)
+            fresh_index(out)
         shards = scan_shards(out, complete=False)
         inputs, where = [], {}
         offset = 0

@@ -21,9 +21,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from curate.errors import RecipeError
+from curate.pool import list_shards
 from curate.runio import atomic_path, atomic_write_table
 from curate.tarfiles import write_tar
-from curate.tarindex import beside_sources, build_index
+from curate.tarindex import beside_sources, build_index, ensure_index
 
 OUTPUT_FORMATS = ("parquet", "webdataset")
 IMAGE = "jpg"
@@ -59,6 +60,11 @@ def store_shard(shard: pa.Table, path: Path, output_format: str) -> None:
 
 
 def index_pool(out: Path) -> dict:
-    """(Re)build the tar index of a webdataset pool ingest wrote."""
-    shards = sorted(p for p in Path(out).glob("*.parquet") if not p.name.startswith((".", "_")))
-    return build_index(Path(out), beside_sources(out), shards)
+    """Rebuild the tar index of a webdataset pool ingest has just written or changed."""
+    shards = list_shards(out)
+    return build_index(Path(out), beside_sources(shards), shards)
+
+
+def fresh_index(out: Path) -> dict | None:
+    """The pool's tar index, rebuilt only if a tar or shard changed since it was built (a killed retry)."""
+    return ensure_index(Path(out), list_shards(out))
