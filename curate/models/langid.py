@@ -104,6 +104,26 @@ def fasttext_top1(texts: list[str | None]) -> list[str | None]:
     return labels
 
 
+def fasttext_top1_probability(texts: list[str | None]) -> tuple[list[str | None], list[float | None]]:
+    """fastText lid.176 top-1 code and its probability per text (MetaCLIP 2's language routing);
+    the same input preparation as ``fasttext_top1``; null text -> (None, None)."""
+    model = _fasttext().f
+    labels: list[str | None] = [None] * len(texts)
+    probabilities: list[float | None] = [None] * len(texts)
+    for index, text in enumerate(texts):
+        if text is None:
+            continue
+        line = text.replace("\n", " ") + "\n"
+        try:
+            prediction = model.predict(line, 1, 0.0, "strict")
+        except TypeError:  # a lone surrogate the binding cannot encode
+            prediction = model.predict(_valid_unicode(line), 1, 0.0, "strict")
+        if prediction:
+            probabilities[index], label = prediction[0]
+            labels[index] = label.removeprefix(FASTTEXT_LABEL_PREFIX)
+    return labels, probabilities
+
+
 def cld3_language(texts: list[str | None]) -> list[str | None]:
     """CLD3 language code per text, DataComp's LAION-2B settings; null text -> None."""
     detector = _cld3()

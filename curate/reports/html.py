@@ -51,7 +51,7 @@ def write_html_report(run_dir: Path, pool_dir: Path | None = None) -> Path:
     stage_names = list(report["stages"])
     table = decisions(pool_dir, run_dir, stage_names)
     sections = [_header(report, run_dir), _warnings(report), _funnel(report), _truth(report),
-                _scores(report, run_dir, pool_dir), _metaclip(report, run_dir), _clusters(run_dir),
+                _scores(report, run_dir, pool_dir), _metaclip(report, run_dir), _languages(report), _clusters(run_dir),
                 evaluation.run_section(run_dir), samples_section(table, stage_names, run_dir, pool_dir)]
     document = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>curate report: {page.esc(run_dir.name)}"
                 f"</title><style>{page.STYLE}</style></head><body>{''.join(s for s in sections if s)}</body></html>")
@@ -184,6 +184,23 @@ def _metaclip(report: dict, run_dir: Path) -> str:
     axes.set_ylabel("texts matching the entry")
     axes.legend()
     return "<h2>MetaCLIP entry counts (head / tail)</h2>" + page.figure_html(figure, "metaclip head/tail")
+
+
+def _languages(report: dict) -> str:
+    """MetaCLIP 2's languages table: captions per language before / after, t, tail mass, head."""
+    info = report.get("metaclip_worldwide")
+    if not info:
+        return ""
+    rows = [[row["language"], row["captions"], row["matched"], row["kept"], row["t"], row["entries_reaching_t"],
+             row["tail_mass_pool"], row["tail_mass_balanced"],
+             ", ".join(f"{h['entry']} {h['count_pool']}→{h['count_balanced']}" for h in row["head"])]
+            for row in info["languages"] if row["captions"]]
+    header = ["language", "captions", "matched", "kept", "t", "entries reaching t", "tail mass before",
+              "tail mass after", "top entries (pool → kept)"]
+    unrouted = ", ".join(f"{page.esc(reason)} {n}" for reason, n in info["reasons"].items()
+                         if reason in ("no_language", "no_metadata"))
+    note = f"<p>Not routed to a list: {unrouted}.</p>" if unrouted else ""
+    return "<h2>MetaCLIP 2: languages</h2>" + page.table(header, rows) + note
 
 
 def cluster_sizes(run_dir: Path) -> dict[str, np.ndarray]:

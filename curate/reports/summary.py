@@ -40,6 +40,10 @@ def build_report(pool_dir: Path, out_dir: Path, recipe: dict[str, Any], engine: 
         from curate.reports.concepts import metaclip_summary
 
         report["metaclip"] = metaclip_summary(out_dir, pool_dir)
+    if "metaclip_worldwide" in stage_names:  # MetaCLIP 2: per-language counts, t and captions kept
+        from curate.reports.languages import language_summary
+
+        report["metaclip_worldwide"] = language_summary(out_dir)
     clusters_path = out_dir / "dbp" / "clusters.parquet"
     if "dbp" in stage_names and clusters_path.exists():  # per-cluster sizes before / after DBP
         clusters = pl.read_parquet(clusters_path, columns=["centroid_id", "size", "quota", "complexity"])
@@ -75,6 +79,10 @@ def _extras(report: dict[str, Any]) -> list[str]:
         from curate.reports.concepts import summary_lines
 
         lines.extend(summary_lines(report["metaclip"]))
+    if "metaclip_worldwide" in report:
+        from curate.reports.languages import summary_lines as language_lines
+
+        lines.extend(language_lines(report["metaclip_worldwide"]))
     if report.get("dbp_clusters"):
         sizes = sorted(c["size"] for c in report["dbp_clusters"])
         kept = sorted(c["kept"] for c in report["dbp_clusters"])

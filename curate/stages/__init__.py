@@ -23,6 +23,8 @@ STAGE_MODULES = {
     "image_based": "curate.stages.image_based",
     "metaclip_match": "curate.stages.metaclip_match",
     "metaclip": "curate.stages.metaclip",
+    "metaclip_worldwide_match": "curate.stages.metaclip_worldwide_match",
+    "metaclip_worldwide": "curate.stages.metaclip_worldwide",
     "cluster": "curate.stages.cluster",
     "semdedup": "curate.stages.semdedup",
     "dbp": "curate.stages.dbp",
