@@ -42,7 +42,10 @@ def test_demo_end_to_end_finds_the_planted_defects(tmp_path):
     report = read_json(out / "report.json")
     truth = report["ground_truth"]
     assert report["rows_in"] == 400
-    assert list(report["stages"]) == ["basic", "laion2b", "align", "metaclip", "score", "semdedup", "dbp"]
+    assert list(report["stages"]) == ["basic", "laion2b", "align", "metaclip", "metaclip_worldwide", "score",
+                                      "semdedup", "dbp"]
+    worldwide = {row["language"]: row for row in report["metaclip_worldwide"]["languages"] if row["captions"]}
+    assert worldwide["en"]["t"] == 150 and len(worldwide) >= 4  # the demo's foreign captions, balanced per language
     assert truth["download"]["precision"] == 1.0 and truth["download"]["recall"] == 1.0
     for stage in ("basic", "align"):
         assert truth["stages"][stage]["recall"] == 1.0 and truth["stages"][stage]["precision"] == 1.0

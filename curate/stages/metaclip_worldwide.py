@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_METADATA = metadata_path("worldwide")
 MATCH_STAGE = "metaclip_worldwide_match"
+WEAK_TAIL = 0.9  # an English tail proportion above this: t_en is far too large for the pool
 COUNT_SCHEMA = pa.schema([("entry_id", pa.int64()), ("n_texts", pa.int64())])
 ARTIFACT_SCHEMA = pa.schema([("entry_id", pa.int32()), ("language", pa.string()), ("entry", pa.string()),
                              ("count", pa.int64()), ("p", pa.float64()), ("t", pa.int64())])
@@ -113,6 +114,10 @@ def language_thresholds(counts: dict[str, np.ndarray], cfg: MetaclipWorldwideCon
             raise RecipeError(f"metaclip_worldwide: no caption matched the {cfg.english!r} list, so its tail "
                              f"proportion at t_en={cfg.t_en} is undefined; set tail_proportion instead (t_en: null)")
         p = tail_proportion(english, cfg.t_en)
+        if p > WEAK_TAIL:
+            log.warning("metaclip_worldwide: %.1f%% of the English matches are on entries below t_en=%d, so "
+                        "balancing caps almost nothing on this pool; t_en is for MetaCLIP 2's scale: scale it "
+                        "with the pool or set tail_proportion (e.g. 0.1)", 100 * p, cfg.t_en)
     else:
         p = cfg.tail_proportion
     thresholds = {}
