@@ -1,13 +1,15 @@
 """MetaCLIP's balancing arithmetic (Xu et al. 2023, "Demystifying CLIP Data"; Chuang et al. 2025,
 "MetaCLIP 2: A Worldwide Scaling Recipe"), DESIGN.md 4.2 and 4.7. Counts in, probabilities out.
 
+- ``entry_counts``: per entry, the texts of a batch whose match set holds it (the counting pass);
 - ``sampling_probabilities``: p[e] = min(1, t / count[e]);
 - ``keep_probability``: per text with match set M, 1 - prod over e in M of (1 - p[e]);
 - ``tail_proportion`` (MetaCLIP 2's t -> p): the share of all matches that fall on entries with
   count < t;
 - ``threshold_for_tail`` (MetaCLIP 2's p -> t): the count at which the ascending cumulative share
   of the counts comes nearest to p (first such count on ties), at least 1. Entries with count 0
-  take part as they do in the reference (they add nothing to the cumulative share).
+  take part as they do in the reference (they add nothing to the cumulative share);
+  ``nearest_count_for_tail`` is the same count before the floor of 1.
 """
 
 from __future__ import annotations
@@ -41,10 +43,23 @@ def tail_proportion(counts: np.ndarray, t: float) -> float:
     return float(counts[counts < t].sum() / total) if total else 0.0
 
 
-def threshold_for_tail(counts: np.ndarray, p: float) -> int:
+def nearest_count_for_tail(counts: np.ndarray, p: float) -> int:
+    """The reference's p_to_t as it stands: may be 0 (the nearest share falls on unmatched entries)."""
     ordered = np.sort(np.asarray(counts, dtype=np.int64))
     total = ordered.sum()
     if total == 0:
         return 1
     share = np.cumsum(ordered) / total
-    return max(1, int(ordered[int(np.abs(share - p).argmin())]))
+    return int(ordered[int(np.abs(share - p).argmin())])
+
+
+def threshold_for_tail(counts: np.ndarray, p: float) -> int:
+    return max(1, nearest_count_for_tail(counts, p))
+
+
+def entry_counts(matches: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(entry ids, texts matching each) over a list<int> column of match sets: the counting pass."""
+    ids = matches.flatten().to_numpy() if len(matches) else []
+    counts = np.bincount(ids) if len(ids) else np.zeros(0, dtype=np.int64)
+    matched = np.flatnonzero(counts)
+    return matched.astype(np.int64), counts[matched].astype(np.int64)

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from curate.contract import Fit, Pass, Stage, file_field
 from curate.errors import RecipeError
 from curate.fingerprint import file_sha256
+from curate.kernels.balancing import entry_counts as matched_entry_counts
 from curate.kernels.balancing import keep_probability, sampling_probabilities, tail_proportion, threshold_for_tail
 from curate.resources import load_metadata, metadata_path, missing_metadata, resolve_metadata
 from curate.uid import uid_uniform
@@ -77,11 +78,9 @@ def matching(cfg: MetaclipConfig) -> tuple[tuple[str, dict], ...]:
 
 def entry_counts(table: pa.Table, cfg: MetaclipConfig, previous: None = None) -> pa.Table:
     """Pass ``counts``: per entry id, how many texts of this batch match it."""
-    ids = table.column("metaclip_entries").combine_chunks().flatten().to_numpy() if table.num_rows else []
-    counts = np.bincount(ids) if len(ids) else np.zeros(0, dtype=np.int64)
-    matched = np.flatnonzero(counts)
-    return pa.table({"entry_id": matched.astype(np.int64), "n_texts": counts[matched].astype(np.int64)},
-                    schema=COUNT_SCHEMA)
+    matches = table.column("metaclip_entries").combine_chunks() if table.num_rows else pa.array([], pa.list_(pa.int32()))
+    ids, counts = matched_entry_counts(matches)
+    return pa.table({"entry_id": ids, "n_texts": counts}, schema=COUNT_SCHEMA)
 
 
 def balance(merged: pa.Table, cfg: MetaclipConfig, previous: None = None) -> pa.Table:

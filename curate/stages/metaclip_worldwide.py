@@ -38,7 +38,14 @@ import pyarrow.compute as pc
 
 from curate.contract import Fit, Pass, Stage, file_field
 from curate.errors import RecipeError
-from curate.kernels.balancing import keep_probability, sampling_probabilities, tail_proportion, threshold_for_tail
+from curate.kernels.balancing import entry_counts as matched_entry_counts
+from curate.kernels.balancing import (
+    keep_probability,
+    nearest_count_for_tail,
+    sampling_probabilities,
+    tail_proportion,
+    threshold_for_tail,
+)
 from curate.kernels.worldwide_match import Languages
 from curate.resources import (
     language_metadata_digest,
@@ -99,11 +106,9 @@ def matching(cfg: MetaclipWorldwideConfig) -> tuple[tuple[str, dict], ...]:
 
 def entry_counts(table: pa.Table, cfg: MetaclipWorldwideConfig, previous: None = None) -> pa.Table:
     """Pass ``counts``: per global entry id, how many texts of this batch match it."""
-    ids = table.column("metaclip_worldwide_entries").combine_chunks().flatten().to_numpy() if table.num_rows else []
-    counts = np.bincount(ids) if len(ids) else np.zeros(0, dtype=np.int64)
-    matched = np.flatnonzero(counts)
-    return pa.table({"entry_id": matched.astype(np.int64), "n_texts": counts[matched].astype(np.int64)},
-                    schema=COUNT_SCHEMA)
+    matches = table.column("metaclip_worldwide_entries").combine_chunks() if table.num_rows else pa.array([], pa.list_(pa.int32()))
+    ids, counts = matched_entry_counts(matches)
+    return pa.table({"entry_id": ids, "n_texts": counts}, schema=COUNT_SCHEMA)
 
 
 def language_thresholds(counts: dict[str, np.ndarray], cfg: MetaclipWorldwideConfig) -> dict[str, int]:
@@ -125,8 +130,7 @@ def language_thresholds(counts: dict[str, np.ndarray], cfg: MetaclipWorldwideCon
         if language == cfg.english and cfg.t_en is not None:
             thresholds[language] = cfg.t_en
             continue
-        ordered = np.sort(language_counts)
-        nearest = ordered[int(np.abs(np.cumsum(ordered) / max(ordered.sum(), 1) - p).argmin())] if ordered.sum() else 1
+        nearest = nearest_count_for_tail(language_counts, p)
         if nearest < 1:
             log.warning("metaclip_worldwide: %s: t would be %d (< 1) for tail proportion %.4f; using t = 1",
                         language, nearest, p)
