@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from bench_metaclip import write_pool  # the same pool layout as the English bench (bench/ is on sys.path)
 
 from curate import pipeline
 from curate.kernels.metaclip_match import Matcher
@@ -38,7 +39,6 @@ from curate.kernels.worldwide_match import Languages
 from curate.recipe import parse_recipe
 from curate.resources import load_language_metadata, load_metadata, metadata_path
 from curate.stages import metaclip_worldwide_match
-from curate.uid import derive_uid
 
 # a web crawl's language mix (Common Crawl's published statistics, rounded); "xx": languages without a list
 MIX = {"en": 46, "ru": 6, "de": 6, "zh": 5, "ja": 5, "es": 4.5, "fr": 4.5, "it": 2.5, "pt": 2.3, "pl": 2,
@@ -89,16 +89,6 @@ def lid_then_english(texts: pa.Array, matcher: Matcher) -> pa.Array:
 def worldwide(texts: pa.Array, languages: Languages) -> pa.Array:
     language, _ = metaclip_worldwide_match.identify(texts)
     return languages.route(texts, language)
-
-
-def write_pool(directory: Path, texts: list[str], shards: int) -> Path:
-    directory.mkdir(parents=True)
-    uids = [derive_uid(f"http://bench/{i}", t) for i, t in enumerate(texts)]
-    size = -(-len(texts) // shards)
-    for index in range(shards):
-        rows = slice(index * size, (index + 1) * size)
-        pq.write_table(pa.table({"uid": uids[rows], "text": texts[rows]}), directory / f"{index:05d}.parquet")
-    return directory
 
 
 def run_engine(engine: str, pool: Path, out: Path, cores: int, t_en: int) -> tuple[pa.Table, float]:
@@ -177,7 +167,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-worldwide-"))
     try:
-        pool = write_pool(work / "pool", texts, shards=8)
+        pool = write_pool(work / "pool", array, shards=8)
         t_en = max(1, round(20_000 * n / 400e6))  # MetaCLIP's t = 20,000 at 400M, scaled to this pool
         local, local_s = run_engine("local", pool, work / "local", args.cores, t_en)
         line = f"engines ({args.cores} cores), both stages, captions/s per core: local {n / local_s / args.cores:,.0f}"
