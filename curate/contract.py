@@ -29,7 +29,13 @@ it by importing the modules that define them. Engines never look a stage up by n
 - ``max_workers(cfg)`` (optional): the most processes the local engine runs the stage in;
 - ``before(cfg)`` (optional): stages a recipe runs first for this one, as (stage name, config
   values), e.g. MetaCLIP's matching before its balancing;
-- ``artifact_name`` (optional): also publish the fitted artifact as OUT/<stage>/<this name>.
+- ``artifact_name`` (optional): also publish the fitted artifact as OUT/<stage>/<this name>;
+- ``freeze`` (optional): what incremental curation (``curate run --frozen PREVIOUS_OUT``) keeps of
+  a previous run beyond its fitted artifact (``Freeze``): ``finalize(previous, cfg, artifact)``
+  turns the columns ``reads`` of the previous run's output of this stage (and its artifact, None
+  when the stage has no fit) into the artifact ``apply`` is handed, e.g. SemDeDup's previous
+  decisions, so new rows are compared with the rows the previous run kept
+  (curate.engines.frozen says what every stage freezes).
 
 Every function that takes a batch must accept an empty one (0 rows, the declared columns): a pool
 may hold empty shards, and Spark hands empty batches to its tasks. The engines check the contract
@@ -74,6 +80,13 @@ class Fit:
 
 
 @dataclass(frozen=True)
+class Freeze:
+    """What a stage keeps of a previous run's output when a run is frozen against it."""
+    reads: tuple[str, ...]                                   # columns of the previous run's output
+    finalize: Callable[[pa.Table, Any, Artifact], pa.Table]  # (previous output, cfg, its artifact)
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     config: type
@@ -88,6 +101,11 @@ class Stage:
     max_workers: Callable[[Any], int] | None = None
     before: Callable[[Any], tuple[tuple[str, dict[str, Any]], ...]] | None = None
     artifact_name: str | None = None
+    freeze: Freeze | None = None
+
+    def freezable(self) -> bool:
+        """Whether a frozen run has anything of a previous run to keep for this stage."""
+        return self.fit is not None or self.freeze is not None
 
     def input_columns(self, table: pa.Table, cfg: Any) -> pa.Table:
         """The columns the stage's functions see: ``reads(cfg)``, ``dir:column`` reads as ``column``."""

@@ -15,7 +15,8 @@ from typing import Any
 
 from curate.contract import Stage
 from curate.engines import Session, open_session
-from curate.errors import SafeguardError
+from curate.engines.frozen import check_frozen_run
+from curate.errors import RecipeError, SafeguardError
 from curate.outputs import claim_run_dir, directory_lock
 from curate.pool import check_pool_schema, check_unique_uids, scan_shards
 from curate.recipe import Recipe
@@ -64,30 +65,37 @@ def preflight(recipe: Recipe, pool_dir: Path) -> None:
 
 def run_recipe(recipe: Recipe, pool_dir: Path, out_dir: Path, *, engine: str = "local",
                workers: int | None = None, master: str | None = None, spark=None,
-               session: Session | None = None, strict: bool = False) -> dict:
+               session: Session | None = None, strict: bool = False, frozen: Path | None = None) -> dict:
     """Run every stage, the subset and the report. ``strict``: a safeguard warning (a stage
     removing more than ``recipe.max_removed_share`` of the pool, a select keeping nothing) is an
-    error (SafeguardError) instead."""
+    error (SafeguardError) instead. ``frozen``: an earlier run directory whose fitted statistics
+    the stages keep instead of refitting (curate.engines.frozen)."""
     if session is None:
         with open_session(engine, workers=workers, master=master, spark=spark) as opened:
-            return run_recipe(recipe, pool_dir, out_dir, session=opened, strict=strict)
+            return run_recipe(recipe, pool_dir, out_dir, session=opened, strict=strict, frozen=frozen)
     with directory_lock(out_dir):
-        return _run_recipe(recipe, Path(pool_dir), Path(out_dir), session, strict)
+        return _run_recipe(recipe, Path(pool_dir), Path(out_dir), session, strict,
+                           Path(frozen) if frozen is not None else None)
 
 
-def _run_recipe(recipe: Recipe, pool_dir: Path, out_dir: Path, session: Session, strict: bool) -> dict:
+def _run_recipe(recipe: Recipe, pool_dir: Path, out_dir: Path, session: Session, strict: bool,
+                frozen: Path | None) -> dict:
     started = time.perf_counter()
+    if frozen is not None and frozen.resolve() == out_dir.resolve():
+        raise RecipeError(f"--frozen {frozen} is the run's own --out; write the frozen run to a new directory")
     claim_run_dir(out_dir)
     rows = check_pool(pool_dir, out_dir)
     preflight(recipe, pool_dir)
-    log.info("pool %s: %d rows; recipe %s (%d stages) on the %s engine", pool_dir, rows, recipe.name,
-             len(recipe.stages), session.engine)
-    atomic_write_json({"recipe": recipe.as_dict(), "pool": str(pool_dir), "engine": session.engine},
-                      out_dir / "_run.json")
+    if frozen is not None:
+        check_frozen_run(recipe.stages, frozen)
+    log.info("pool %s: %d rows; recipe %s (%d stages) on the %s engine%s", pool_dir, rows, recipe.name,
+             len(recipe.stages), session.engine, f", fits frozen from {frozen}" if frozen else "")
+    atomic_write_json({"recipe": recipe.as_dict(), "pool": str(pool_dir), "engine": session.engine,
+                       "frozen": str(frozen) if frozen else None}, out_dir / "_run.json")
     for number, (stage, cfg) in enumerate(recipe.stages, start=1):
         log.info("stage %d/%d %s: start", number, len(recipe.stages), stage.name)
         begun, wall = time.perf_counter(), time.time()
-        manifest = session.run_stage(stage, cfg, pool_dir, out_dir)
+        manifest = session.run_stage(stage, cfg, pool_dir, out_dir, frozen)
         skipped = (out_dir / stage.name / "_manifest.json").stat().st_mtime < wall  # nothing rewritten
         stage_done(out_dir, stage.name, recipe, manifest, time.perf_counter() - begun, strict, skipped)
     subset.run_subset(pool_dir, out_dir, recipe.stage_names, recipe.select, session)

@@ -15,7 +15,7 @@ def run_recipe_command(args: argparse.Namespace) -> None:
     from curate.recipe import load_recipe
 
     pipeline.run_recipe(load_recipe(args.recipe, args.set), args.pool, args.out, session=args.session,
-                        strict=args.strict)
+                        strict=args.strict, frozen=args.frozen)
 
 
 def run_stage_command(args: argparse.Namespace) -> None:
@@ -74,7 +74,13 @@ def pipeline_commands() -> dict[str, Command]:
         "run": Command("run a recipe: every stage, the subset, subset.npy and report.json",
                        (arg("recipe", type=Path, help="recipe YAML, e.g. jobs/recipes/web_default.yaml"), POOL, OUT, SET,
                         arg("--strict", action="store_true", help="stop (exit 2) when a stage removes more than the "
-                            "recipe's max_removed_share (default 0.9) of the pool, or the select keeps nothing")),
+                            "recipe's max_removed_share (default 0.9) of the pool, or the select keeps nothing"),
+                        arg("--frozen", type=Path, default=None, metavar="PREVIOUS_OUT",
+                            help="incremental curation: keep the fitted statistics of an earlier run of this recipe "
+                                 "(MetaCLIP counts, score thresholds, centroids, SemDeDup's kept rows, DBP's "
+                                 "cut-offs) instead of refitting them on this pool; rows that run saw keep its "
+                                 "decisions, new rows are decided by the same statistics (README: Incremental "
+                                 "curation)")),
                        run_recipe_command, engine=True),
         "subset": Command("select rows from stage columns; write subset/ and subset.npy", (
             POOL, arg("--out", type=Path, required=True, help="run directory holding the stage outputs"),

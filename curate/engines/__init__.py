@@ -28,14 +28,16 @@ class Session:
     workers: WorkerPool               # local worker processes (also used by whole-pool steps)
     spark: Any = None                 # the SparkSession on the spark engine
 
-    def run_stage(self, stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path) -> dict:
+    def run_stage(self, stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, frozen: Path | None = None) -> dict:
+        """``frozen``: a previous run directory whose fitted statistics the stage keeps."""
+        frozen = Path(frozen) if frozen is not None else None
         if self.engine == "spark":
             from curate.engines import spark
 
-            return spark.run_stage(stage, cfg, Path(pool_dir), Path(out_dir), spark=self.spark)
+            return spark.run_stage(stage, cfg, Path(pool_dir), Path(out_dir), spark=self.spark, frozen=frozen)
         from curate.engines import local
 
-        return local.run_stage(stage, cfg, Path(pool_dir), Path(out_dir), self.workers)
+        return local.run_stage(stage, cfg, Path(pool_dir), Path(out_dir), self.workers, frozen)
 
 
 @contextmanager

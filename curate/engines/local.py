@@ -31,10 +31,12 @@ log = logging.getLogger(__name__)
 LAYOUT = "pool-shards"
 
 
-def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, workers: WorkerPool) -> dict:
-    """Run one stage over the pool into OUT/<stage>/ (or skip it when complete and unchanged)."""
+def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, workers: WorkerPool,
+              frozen: Path | None = None) -> dict:
+    """Run one stage over the pool into OUT/<stage>/ (or skip it when complete and unchanged);
+    ``frozen``: a previous run directory whose fitted statistics to keep (curate.engines.frozen)."""
     shards = scan_shards(pool_dir)
-    plan = planning.make_plan(stage, cfg, shards, out_dir)
+    plan = planning.make_plan(stage, cfg, shards, out_dir, frozen)
     planning.require_local_layout(list(plan.source_dirs.values()))
     if planning.prepare_stage_dir(plan):
         log.info("%s: complete in %s, skipping", stage.name, plan.stage_dir)
@@ -42,6 +44,7 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, workers: Wo
     write_manifest(plan.stage_dir, **planning.manifest_fields(plan, "local", LAYOUT, "running"))
     limit = stage.max_workers(cfg) if stage.max_workers is not None else None
     started = time.perf_counter()
+    planning.install_frozen(plan)
     artifact_rows = fit(plan, shards, workers, limit) if stage.fit else None
     fit_seconds, started = round(time.perf_counter() - started, 3), time.perf_counter()
     todo = [Partition.of(plan, shard) for shard in shards

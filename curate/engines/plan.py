@@ -14,6 +14,9 @@
   footer digest) recomputes those parts (local) or the stage (Spark layout).
 - Layout: the local engine writes one output part per pool shard, row-aligned with it
   ("pool-shards"); Spark writes its own partitioning ("spark"), joined by uid.
+- Frozen (``curate run --frozen PREVIOUS_OUT``, curate.engines.frozen): a stage with a fit or
+  a freeze hook that the previous run has complete takes its artifact from there instead of
+  fitting; the previous stage's fingerprint is one of its inputs.
 - Merging fit partials: group by the pass's keys and sum the other columns (no keys: one row of
   sums), then the pass's ``having`` predicate; ``merge_partials`` is the local engine's, Spark's is
   ``groupBy(keys).agg(sum)``.
@@ -33,6 +36,7 @@ import pyarrow.parquet as pq
 
 from curate import tarindex
 from curate.contract import Pass, Stage, config_dict, config_files
+from curate.engines import frozen as freezing
 from curate.errors import RecipeError
 from curate.fingerprint import digest, file_signature, tail_digest
 from curate.outputs import claim, clear_own
@@ -58,6 +62,8 @@ class Plan:
     fingerprint: str
     description: dict[str, Any] | None = None  # stage.describe(cfg): top-level manifest fields
     inputs: dict[str, str] | None = None       # input_signatures: name -> signature
+    frozen: Path | None = None                 # PREVIOUS_OUT/<stage> whose fit this run keeps
+    fit: dict[str, Any] | None = None          # the manifest's ``fit`` (curate.engines.frozen.fit_field)
 
 
 def stage_output_columns(out_dir: Path) -> dict[str, list[str]]:
@@ -70,15 +76,19 @@ def stage_output_columns(out_dir: Path) -> dict[str, list[str]]:
     return found
 
 
-def make_plan(stage: Stage, cfg: Any, shards: list[Shard], out_dir: Path) -> Plan:
+def make_plan(stage: Stage, cfg: Any, shards: list[Shard], out_dir: Path, frozen_root: Path | None = None) -> Plan:
     sources, source_dirs = column_sources(stage, cfg, shards, out_dir)
     manifests = {name: read_manifest(path) for name, path in source_dirs.items()}
     if stage.check_inputs is not None:
         stage.check_inputs(cfg, manifests)
     description = stage.describe(cfg) if stage.describe is not None else None
     inputs = input_signatures(cfg, shards, source_dirs, manifests, description, sources[POOL])
+    frozen, previous = freezing.frozen_source(stage, cfg, description, frozen_root) if frozen_root else (None, None)
+    if frozen is not None:
+        inputs[f"frozen fit {frozen}"] = previous["fingerprint"]
     fingerprint = digest([stage.name, inputs])
-    return Plan(stage, cfg, out_dir / stage.name, sources, source_dirs, fingerprint, description, inputs)
+    return Plan(stage, cfg, out_dir / stage.name, sources, source_dirs, fingerprint, description, inputs,
+                frozen, freezing.fit_field(stage, frozen, previous))
 
 
 def column_sources(stage: Stage, cfg: Any, shards: list[Shard], out_dir: Path) -> tuple[dict, dict]:
@@ -224,6 +234,18 @@ def prepare_stage_dir(plan: Plan) -> bool:
     return prepare_output(plan.stage_dir, plan.fingerprint, plan.inputs, plan.stage.name, extra)
 
 
+def install_frozen(plan: Plan) -> pa.Table | None:
+    """A frozen stage's artifact, saved in its directory before the apply (so the fit is skipped and a
+    killed run resumes with it); the stage's artifact as it stands otherwise."""
+    artifact = load_artifact(plan.stage_dir)
+    if plan.frozen is not None and artifact is None:
+        artifact = freezing.frozen_artifact(plan.stage, plan.cfg, plan.frozen, ARTIFACT)
+        if artifact is not None:
+            save_artifact(plan, artifact)
+        log.info("%s: fit frozen from %s", plan.stage.name, plan.frozen)
+    return artifact
+
+
 def manifest_fields(plan: Plan, engine: str, layout: str, status: str, **extra: Any) -> dict[str, Any]:
     fields = {
         "stage": plan.stage.name,
@@ -235,6 +257,7 @@ def manifest_fields(plan: Plan, engine: str, layout: str, status: str, **extra: 
         "inputs": {name: cols for name, cols in plan.sources.items()},
         "columns": plan.stage.adds.names,
         "input_signatures": plan.inputs,
+        **({"fit": plan.fit} if plan.fit else {}),
         **extra,
     }
     clash = set(plan.description or {}) & (set(fields) | {"written_at", "versions"})

@@ -98,10 +98,10 @@ def input_frame(spark, plan: planning.Plan, shards: list[Shard], out_dir: Path):
     return frame
 
 
-def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, spark=None) -> dict:
+def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, spark=None, frozen: Path | None = None) -> dict:
     spark = spark or get_spark()
     shards = scan_shards(pool_dir)
-    plan = planning.make_plan(stage, cfg, shards, out_dir)
+    plan = planning.make_plan(stage, cfg, shards, out_dir, frozen)
     if planning.prepare_stage_dir(plan):
         log.info("%s: complete in %s, skipping", stage.name, plan.stage_dir)
         return read_manifest(plan.stage_dir)
@@ -144,7 +144,8 @@ def _run(plan: planning.Plan, shards: list[Shard], out_dir: Path, spark) -> dict
     stage, cfg = plan.stage, plan.cfg
     started = time.perf_counter()
     frame = input_frame(spark, plan, shards, out_dir)
-    artifact = _fit(plan, frame) if stage.fit else None
+    installed = planning.install_frozen(plan)  # a frozen run's artifact, or one a killed run saved
+    artifact = _fit(plan, frame) if stage.fit else installed
     fit_seconds, started = round(time.perf_counter() - started, 3), time.perf_counter()
     if stage.group_by is not None:
         output = _apply_groups(stage, cfg, artifact, frame)

@@ -19,7 +19,7 @@ import polars as pl
 
 from curate.reports.decisions import MAX_REMOVED_SHARE, decisions, funnel, removals, safeguards, value_counts
 from curate.reports.truth import GROUND_TRUTH, load_truth, truth_metrics
-from curate.runio import atomic_write_json
+from curate.runio import atomic_write_json, read_manifest
 
 __all__ = ["GROUND_TRUTH", "build_report", "summary"]
 
@@ -36,6 +36,7 @@ def build_report(pool_dir: Path, out_dir: Path, recipe: dict[str, Any], engine: 
     if "status" in table.columns:
         report["download_status"] = value_counts(table, "status")
     report["warnings"] = safeguards(report, recipe.get("max_removed_share", MAX_REMOVED_SHARE))
+    report["frozen"] = frozen_stages(out_dir, stage_names)
     if "metaclip" in stage_names:  # concept frequencies: entry counts before/after balancing
         from curate.reports.concepts import metaclip_summary
 
@@ -47,12 +48,35 @@ def build_report(pool_dir: Path, out_dir: Path, recipe: dict[str, Any], engine: 
     clusters_path = out_dir / "dbp" / "clusters.parquet"
     if "dbp" in stage_names and clusters_path.exists():  # per-cluster sizes before / after DBP
         clusters = pl.read_parquet(clusters_path, columns=["centroid_id", "size", "quota", "complexity"])
+        if report["frozen"] and "dbp" in report["frozen"]["stages"]:  # sizes and quotas are the earlier pool's
+            clusters = dbp_kept(out_dir, clusters)
         report["dbp_clusters"] = clusters.rename({"centroid_id": "cluster", "quota": "kept"}).to_dicts()
     truth = load_truth(pool_dir, recipe.get("ground_truth_targets"))
     if truth is not None:
         report["ground_truth"] = truth_metrics(table, *truth, stage_names)
     atomic_write_json(report, out_dir / "report.json")
     return report
+
+
+def dbp_kept(out_dir: Path, clusters: pl.DataFrame) -> pl.DataFrame:
+    """A frozen DBP's per-cluster rows and rows kept in this pool (its cut-offs keep a share, not a quota)."""
+    rows = pl.scan_parquet(sorted((out_dir / "dbp").glob("part-*.parquet"))).filter(pl.col("dbp_reason").ne_missing("semdedup"))
+    counted = (rows.filter(pl.col("dbp_cluster_id").is_not_null()).group_by("dbp_cluster_id")
+               .agg(pl.len().cast(pl.Int64).alias("size"), pl.col("dbp_keep").sum().cast(pl.Int64).alias("quota"))
+               .rename({"dbp_cluster_id": "centroid_id"}).collect())
+    counted = counted.with_columns(pl.col("centroid_id").cast(clusters.schema["centroid_id"]))
+    return (clusters.drop("size", "quota").join(counted, on="centroid_id", how="left")
+            .with_columns(pl.col("size", "quota").fill_null(0)).select("centroid_id", "size", "quota", "complexity"))
+
+
+def frozen_stages(out_dir: Path, stage_names: list[str]) -> dict[str, Any] | None:
+    """For a run made with --frozen: the earlier run, and the stages whose fit came from it."""
+    fits = {name: (read_manifest(out_dir / name) or {}).get("fit") or {} for name in stage_names}
+    frozen = {name: fit["from"] for name, fit in fits.items() if fit.get("mode") == "frozen"}
+    if not frozen:
+        return None
+    return {"from": str(Path(next(iter(frozen.values()))).parent), "stages": sorted(frozen),
+            "refitted": sorted(name for name, fit in fits.items() if fit.get("mode") == "fitted")}
 
 
 def summary(report: dict[str, Any]) -> str:

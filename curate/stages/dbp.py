@@ -19,6 +19,14 @@ based on complexity of concept clusters"), DESIGN.md 4.4, on the rows SemDeDup k
 The artifact (OUT/dbp/_artifact.parquet, published as OUT/dbp/clusters.parquet) is the per-cluster table: centroid_id, centroid, size,
 d_intra, d_inter, complexity, share, quota, target (N).
 
+Frozen (``curate run --frozen PREVIOUS_OUT``): the centroids stay, and each cluster's quota becomes
+its previous cut-off: the (dbp_cluster_sim, uid) of the last member the previous run kept. A row is
+kept iff it is at or before that cut-off in the keep order (the artifact's ``cutoff_sim`` and
+``cutoff_uid``; null when the cluster kept nothing), which gives every previous row its previous
+decision and keeps a new row iff it is at least as far from its centroid. So a cluster keeps the
+same density share as it grows, not the same count (curate's decision: quotas are counts of one
+pool and do not carry over).
+
 Columns added: ``dbp_cluster_id`` (int32), ``dbp_cluster_sim`` (float32) for every row with a
 usable embedding; ``dbp_keep``; ``dbp_reason`` (null when kept, ``semdedup`` for rows SemDeDup
 removed or never kept, no_embedding / non_finite / zero_norm, or ``pruned``).
@@ -33,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.contract import Fit, Pass, Stage
+from curate.contract import Fit, Freeze, Pass, Stage
 from curate.errors import RecipeError
 from curate.kernels import kmeans
 from curate.kernels.embeddings import MODALITIES, check_embeddings, vector_names, vector_specs
@@ -202,19 +210,56 @@ def apply(table: pa.Table, cfg: DbpConfig, artifact: pa.Table | None) -> pa.Tabl
     usable = reason == None  # noqa: E711
     ids, sims = np.zeros(table.num_rows, np.int32), np.zeros(table.num_rows, np.float32)
     ids[usable], sims[usable] = kmeans.assign(vectors[usable], kmeans.centroid_matrix(artifact))
-    keep = np.zeros(table.num_rows, dtype=bool)
-    quota = artifact.column("quota").to_numpy()
     uids = np.asarray(table.column("uid").to_pylist(), dtype=object)
-    for cluster in np.unique(ids[chosen]):  # one cluster, when called per group
-        members = np.flatnonzero(chosen & (ids == cluster))
-        uid_rank = np.argsort(np.argsort(uids[members], kind="stable"), kind="stable")
-        farthest = members[np.lexsort((uid_rank, sims[members]))]
-        keep[farthest[:quota[cluster]]] = True
+    if "cutoff_sim" in artifact.column_names:  # a frozen run
+        keep = chosen & within_cutoff(ids, sims, uids, artifact)
+    else:
+        keep = within_quota(ids, sims, uids, chosen, artifact.column("quota").to_numpy())
     semdedup = ~np.asarray(pc.fill_null(table.column("semdedup_keep"), False).to_numpy(zero_copy_only=False), bool)
     reason = np.where(semdedup, "semdedup", np.where(usable, np.where(keep, None, "pruned"), reason))
     return pa.table({"dbp_cluster_id": pa.array(ids, pa.int32(), mask=~usable),
                      "dbp_cluster_sim": pa.array(sims, pa.float32(), mask=~usable),
                      "dbp_keep": keep, "dbp_reason": pa.array(reason, pa.string())})
+
+
+def within_quota(ids: np.ndarray, sims: np.ndarray, uids: np.ndarray, chosen: np.ndarray,
+                 quota: np.ndarray) -> np.ndarray:
+    """Per cluster (one, when called per group): its quota of members farthest from the centroid."""
+    keep = np.zeros(len(ids), dtype=bool)
+    for cluster in np.unique(ids[chosen]):
+        members = np.flatnonzero(chosen & (ids == cluster))
+        uid_rank = np.argsort(np.argsort(uids[members], kind="stable"), kind="stable")
+        farthest = members[np.lexsort((uid_rank, sims[members]))]
+        keep[farthest[:quota[cluster]]] = True
+    return keep
+
+
+def within_cutoff(ids: np.ndarray, sims: np.ndarray, uids: np.ndarray, artifact: pa.Table) -> np.ndarray:
+    """Per row: at or before its cluster's frozen cut-off in the keep order (similarity, then uid)."""
+    cut_sim = artifact.column("cutoff_sim").to_numpy(zero_copy_only=False)[ids]
+    cut_uid = np.asarray(artifact.column("cutoff_uid").to_pylist(), dtype=object)[ids]
+    with np.errstate(invalid="ignore"):
+        before = sims < cut_sim
+    tied = (sims == cut_sim) & (cut_uid != None)  # noqa: E711
+    tied[tied] = uids[tied] <= cut_uid[tied]
+    return before | tied
+
+
+def freeze(previous: pa.Table, cfg: DbpConfig, artifact: pa.Table) -> pa.Table:
+    """A frozen run's artifact: the previous clusters with each one's cut-off, the (similarity, uid) of
+    the last member it kept (null: it kept none)."""
+    import polars as pl
+
+    kept = (pl.from_arrow(previous).filter(pl.col("dbp_keep")).sort(["dbp_cluster_sim", "uid"])
+            .group_by("dbp_cluster_id").agg(pl.col("dbp_cluster_sim").last(), pl.col("uid").last()))
+    artifact = artifact.drop_columns([name for name in ("cutoff_sim", "cutoff_uid") if name in artifact.column_names])
+    cut_sim = np.full(artifact.num_rows, np.nan, dtype=np.float32)
+    cut_uid = np.full(artifact.num_rows, None, dtype=object)
+    clusters = kept.get_column("dbp_cluster_id").to_numpy()
+    cut_sim[clusters] = kept.get_column("dbp_cluster_sim").to_numpy()
+    cut_uid[clusters] = kept.get_column("uid").to_list()
+    return (artifact.append_column("cutoff_sim", pa.array(cut_sim, pa.float32(), mask=np.isnan(cut_sim)))
+            .append_column("cutoff_uid", pa.array(cut_uid, pa.string())))
 
 
 def reads(cfg: DbpConfig) -> tuple[str, ...]:
@@ -239,4 +284,5 @@ STAGE = Stage(
     group_by=group_key,
     check_inputs=check_inputs,
     artifact_name="clusters.parquet",
+    freeze=Freeze(reads=("uid", "dbp_cluster_id", "dbp_cluster_sim", "dbp_keep"), finalize=freeze),
 )

@@ -28,6 +28,13 @@ Per-group work runs through the engines' group path (Stage.group_by = ``cluster_
 a bounded shuffle through files; Spark, ``groupBy().applyInArrow``. Rows without a cluster
 (no usable embedding) are not kept: ``semdedup_reason`` is the cluster stage's reason.
 
+Frozen (``curate run --frozen PREVIOUS_OUT``, the cluster stage frozen with it): the rows the
+previous run decided keep its decisions (the artifact is its uid, keep, duplicate_of, sorted by
+uid); each new row of a cluster is compared with the previously KEPT rows of that cluster first,
+then with the earlier new rows (removed or not, as the paper), in dedup order; duplicate_of names
+the earliest match in that order. relative_eps is then measured over the cluster's previous
+members only, so the eps the previous rows were decided with is the one new rows meet.
+
 Columns added: ``semdedup_keep``; ``semdedup_duplicate_of`` (uid, removed rows only);
 ``semdedup_reason`` (null when kept, ``duplicate``, or no_embedding / non_finite / zero_norm).
 """
@@ -40,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.contract import Stage
+from curate.contract import Freeze, Stage
 from curate.errors import RecipeError
 from curate.kernels.dedup import first_duplicates, neighbour_similarities, relative_eps
 from curate.kernels.embeddings import MODALITIES, check_embeddings, vector_names, vector_specs
@@ -92,15 +99,62 @@ def apply(table: pa.Table, cfg: SemDedupConfig, artifact: pa.Table | None = None
         vectors, _ = unit_vectors([table.take(order).column(name) for name in vector_names(cfg.embeddings, cfg.modality)])
         clusters = table.column("cluster_id").take(order).to_numpy()
         uids = np.asarray(table.column("uid").take(order).to_pylist(), dtype=object)
+        known = previous_rows(artifact, uids)
         starts = np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]])
         for start, stop in zip(starts, np.r_[starts[1:], len(order)]):  # one cluster, when called per group
-            first = first_duplicates(vectors[start:stop], cluster_eps(vectors[start:stop], cfg))
+            if artifact is None:
+                first = first_duplicates(vectors[start:stop], cluster_eps(vectors[start:stop], cfg))
+                kept, matched = first < 0, uids[start:stop][np.maximum(first, 0)]
+            else:
+                kept, matched = frozen_cluster(vectors[start:stop], uids[start:stop], known[start:stop], artifact, cfg)
             positions = order[start:stop]
-            keep[positions] = first < 0
-            reason[positions] = np.where(first < 0, None, "duplicate")
-            duplicate_of[positions[first >= 0]] = uids[start:stop][first[first >= 0]]
+            keep[positions] = kept
+            reason[positions] = np.where(kept, None, "duplicate")
+            duplicate_of[positions[~kept]] = matched[~kept]
     return pa.table({"semdedup_keep": keep, "semdedup_duplicate_of": pa.array(duplicate_of, pa.string()),
                      "semdedup_reason": pa.array(reason, pa.string())})
+
+
+def frozen_cluster(vectors: np.ndarray, uids: np.ndarray, known: np.ndarray, artifact: pa.Table,
+                   cfg: SemDedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, duplicate_of) of one cluster's members (dedup order) in a frozen run: previous rows
+    (``known``: their row in the artifact, else -1) as decided then; new rows against the previously
+    kept rows, then the earlier new rows."""
+    old = known >= 0
+    keep, matched = np.zeros(len(uids), dtype=bool), np.full(len(uids), None, dtype=object)
+    keep[old] = artifact.column("keep").to_numpy(zero_copy_only=False)[known[old]]
+    matched[old] = np.asarray(artifact.column("duplicate_of").take(known[old]).to_pylist(), dtype=object)
+    new = np.flatnonzero(~old)
+    if len(new):
+        compared = np.r_[np.flatnonzero(old & keep), new]
+        first = first_duplicates(vectors[compared], cluster_eps(vectors[old] if old.any() else vectors, cfg))
+        first = first[len(compared) - len(new):]
+        keep[new] = first < 0
+        matched[new[first >= 0]] = uids[compared[first[first >= 0]]]
+    return keep, matched
+
+
+_SORTED_UIDS: list = []  # [(artifact, its uids as a sorted fixed-width bytes array)]: one per process
+
+
+def previous_rows(artifact: pa.Table | None, uids: np.ndarray) -> np.ndarray:
+    """Each uid's row in a frozen run's artifact (sorted by uid), -1 for a uid it does not hold."""
+    if artifact is None:
+        return np.full(len(uids), -1, dtype=np.int64)
+    if not _SORTED_UIDS or _SORTED_UIDS[0][0] is not artifact:
+        _SORTED_UIDS[:] = [(artifact, np.asarray([uid.encode() for uid in artifact.column("uid").to_pylist()], dtype=bytes))]
+    known = _SORTED_UIDS[0][1]
+    query = np.asarray([uid.encode() for uid in uids], dtype=bytes)
+    found = np.minimum(np.searchsorted(known, query), max(len(known) - 1, 0))
+    hit = (known[found] == query) if len(known) else np.zeros(len(uids), dtype=bool)
+    return np.where(hit, found, -1)
+
+
+def freeze(previous: pa.Table, cfg: SemDedupConfig, artifact: None) -> pa.Table:
+    """A frozen run's artifact: the previous run's decisions by uid, sorted by uid."""
+    ordered = previous.take(pc.sort_indices(previous, [("uid", "ascending")]))
+    return pa.table({"uid": ordered.column("uid"), "keep": pc.fill_null(ordered.column("semdedup_keep"), False),
+                     "duplicate_of": ordered.column("semdedup_duplicate_of")})
 
 
 def cluster_eps(vectors: np.ndarray, cfg: SemDedupConfig) -> float:
@@ -140,4 +194,5 @@ STAGE = Stage(
     summary="SemDeDup: per cluster, drop members with cosine > 1 - eps to an earlier (farther) member",
     check_inputs=check_inputs,
     group_by=group_key,
+    freeze=Freeze(reads=("uid", "semdedup_keep", "semdedup_duplicate_of"), finalize=freeze),
 )
