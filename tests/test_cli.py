@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from curate.cli import main
 
@@ -42,3 +43,15 @@ def test_errors_exit_2_with_the_file_named(tmp_path, capsys):
     assert "pool directory does not exist" in capsys.readouterr().err
     assert main(["basic", "--pool", str(tmp_path / "pool"), "--out", str(tmp_path / "o"), "--set", "bogus=1"]) == 2
     assert "unknown key(s) ['bogus']" in capsys.readouterr().err
+
+
+def test_file_urls_are_paths_and_object_store_urls_are_refused_with_what_to_do(tiny_pool, tmp_path, capsys):
+    recipe = tmp_path / "basic.yaml"
+    recipe.write_text("stages:\n  basic: {}\nselect: basic_keep\n")
+    out = tmp_path / "out dir"
+    assert main(["run", recipe.as_uri(), "--pool", tiny_pool.as_uri(), "--out", out.as_uri(), "--workers", "1"]) == 0
+    assert (out / "subset.npy").is_file()  # "out%20dir" decoded
+    with pytest.raises(SystemExit) as refused:
+        main(["run", str(recipe), "--pool", "s3://bucket/pool", "--out", str(tmp_path / "o")])
+    assert refused.value.code == 2
+    assert "s3:// paths are not read directly; mount the bucket" in capsys.readouterr().err
