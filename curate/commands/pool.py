@@ -35,7 +35,8 @@ def run_ingest(args: argparse.Namespace) -> None:
 def run_import(args: argparse.Namespace) -> None:
     from curate.steps.datacomp import import_datacomp
 
-    print(json.dumps(import_datacomp(args.src, args.out, overwrite=args.overwrite), indent=2, default=str))
+    print(json.dumps(import_datacomp(args.src, args.out, overwrite=args.overwrite, link_embeddings=args.link_embeddings),
+                     indent=2, default=str))
 
 
 def run_demo_pool(args: argparse.Namespace) -> None:
@@ -86,7 +87,11 @@ def pool_commands() -> dict[str, Command]:
         "import-datacomp": Command("import a DataComp pool (parquet + npz) with its embeddings",
                                    (arg("--src", type=local_path, required=True), arg("--out", type=local_path, required=True),
                                     arg("--overwrite", action="store_true",
-                                        help="replace an import of other source files")), run_import),
+                                        help="replace an import of other source files"),
+                                    arg("--link-embeddings", action="store_true",
+                                        help="read the npz embeddings in place (memory-mapped) instead of copying "
+                                             "them into the pool: the import adds only the metadata; the npz files "
+                                             "must stay where they are")), run_import),
         "demo-pool": Command("generate the synthetic demo pool with known defects", (
             arg("--out", type=local_path, required=True), arg("--n", type=int, default=3000),
             arg("--seed", type=int, default=0)), run_demo_pool),

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from curate import npzlinks
 from curate.contract import Stage
 from curate.engines import plan as planning
 from curate.engines.failures import local_failures
@@ -58,7 +58,7 @@ def read_inputs(shard: Shard, sources: dict[str, list[str]], source_dirs: dict[s
             continue
         part_path = source_dirs[name] / f"{shard.part}.parquet"
         try:
-            part = pq.read_table(part_path, columns=["uid", *columns] if with_uid else columns)
+            part = npzlinks.read_part(source_dirs[name], shard.part, ["uid", *columns] if with_uid else columns)
         except (OSError, pa.ArrowInvalid) as error:
             raise PoolError(f"{part_path}: cannot read it ({error}); re-run the {name} stage") from error
         if with_uid and not part.column("uid").equals(table.column("uid")):

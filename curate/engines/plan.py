@@ -34,7 +34,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import tarindex
+from curate import npzlinks, tarindex
 from curate.contract import Pass, Stage, config_dict, config_files
 from curate.engines import frozen as freezing
 from curate.errors import RecipeError
@@ -132,8 +132,8 @@ def input_signatures(cfg: Any, shards: list[Shard], source_dirs: dict[str, Path]
         inputs["tar images"] = tarindex.index_signature(pool_dir)
     for name, directory in source_dirs.items():
         if name.startswith(f"{POOL}:"):
-            inputs.update({f"sidecar {directory.name}/{part.name}": file_signature(part)
-                           for part in sorted(directory.glob("part-*.parquet"))})
+            inputs.update({f"sidecar {directory.name}/{part}": signature
+                           for part, signature in npzlinks.part_signatures(directory).items()})
         else:
             inputs[f"stage {name}"] = manifests[name]["fingerprint"]
     for field, value in config_files(cfg).items():

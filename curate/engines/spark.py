@@ -27,11 +27,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import tarindex
+from curate import npzlinks, tarindex
 from curate.contract import Stage
 from curate.engines import plan as planning
 from curate.engines.failures import local_failures, marked, spark_failure
 from curate.engines.spark_images import with_tar_images
+from curate.engines.spark_links import read_linked
 from curate.fingerprint import tail_digest
 from curate.pool import Shard, repair_text, scan_shards
 from curate.progress import interval
@@ -80,7 +81,10 @@ def read_pool(spark, shards: list[Shard], columns: list[str] | None = None):
 
 
 def read_parts(spark, directory: Path):
-    """A stage's or sidecar's data files only (part-*.parquet), not artifacts beside them."""
+    """A stage's or sidecar's data files only (part-*.parquet), not artifacts beside them; a sidecar
+    linked to npz files (curate.npzlinks) is read from them in place."""
+    if npzlinks.links(directory):
+        return read_linked(spark, directory)
     return spark.read.parquet(*[str(p) for p in sorted(directory.glob("part-*.parquet"))])
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curate import npzlinks
 from curate.errors import RecipeError
 from curate.kernels.dedup import neighbour_similarities, relative_eps
 from curate.kernels.embeddings import vector_names
@@ -53,7 +54,11 @@ def cluster_sample(run_dir: Path, pool: Path, max_rows: int) -> tuple[pl.DataFra
     embeddings, modality = manifest["config"]["embeddings"], manifest["config"]["modality"]
     names = vector_names(embeddings, modality)
     source = run_dir / "embed" if embeddings == "embed" else pool / "embeddings" / embeddings
-    vectors = pl.scan_parquet(str(source / "part-*.parquet")).select("uid", *names)
+    if npzlinks.links(source):  # embeddings read in place from DataComp's npz files
+        vectors = pl.concat([pl.from_arrow(npzlinks.read_part(source, part, ["uid", *names]))
+                             for part in npzlinks.part_names(source)]).lazy()
+    else:
+        vectors = pl.scan_parquet(str(source / "part-*.parquet")).select("uid", *names)
     rows = clusters.filter(pl.col("cluster_id").is_in(chosen["cluster_id"].to_list())).join(vectors, on="uid")
     return rows.collect(), names
 

@@ -15,7 +15,9 @@ The import writes `out/<name>.parquet` with every metadata column (uids validate
 model found in the npz, a row-aligned embedding sidecar `out/embeddings/<b32|l14>/part-NNNNN.parquet`
 (NNNNN = the shard's index) with `uid`, `image_emb`, `text_emb` in curate.kernels.embeddings' float16
 format (the npz bits, unchanged), described by `out/embeddings/<model>/_manifest.json`, so
-stages read them like embeddings computed by `curate embed`. Every npz is checked from its array
+stages read them like embeddings computed by `curate embed`. With ``link_embeddings`` the sidecar
+instead links each npz's arrays, read in place (curate.npzlinks): the import adds the metadata
+only. Every npz is checked from its array
 headers before anything is written (missing npz, row counts, dimensions, models present in
 some shards only), so a bad pool fails at once with a message naming the files. Work then
 streams shard by shard (memory bounded by one shard), each file written atomically, with a
@@ -36,6 +38,7 @@ import pyarrow as pa
 from curate.errors import PoolError, RunDirError
 from curate.fingerprint import file_signature
 from curate.kernels.embeddings import EMBEDDINGS_DIR, encode
+from curate.npzlinks import link_entry, write_links
 from curate.outputs import claim, directory_lock
 from curate.pool import POOL_INFO, check_unique_uids, list_shards, parquet_file, pool_info, read_shard, scan_shards
 from curate.progress import Progress
@@ -56,8 +59,9 @@ log = logging.getLogger(__name__)
 MODELS = {"b32": ("ViT-B-32", "openai", 512), "l14": ("ViT-L-14", "openai", 768)}
 
 
-def import_datacomp(src: Path, out: Path, *, overwrite: bool = False) -> dict:
-    """Import every `<name>.parquet` + `<name>.npz` pair of `src` into the pool `out`.
+def import_datacomp(src: Path, out: Path, *, overwrite: bool = False, link_embeddings: bool = False) -> dict:
+    """Import every `<name>.parquet` + `<name>.npz` pair of `src` into the pool `out`
+    (``link_embeddings``: read the npz arrays in place instead of copying them).
 
     An identical earlier import (same source files, by signature) is kept; an unfinished one is
     resumed; an import of other files is replaced only with ``overwrite``; a folder of files curate
@@ -67,7 +71,7 @@ def import_datacomp(src: Path, out: Path, *, overwrite: bool = False) -> dict:
     with directory_lock(out):
         parquets = list_shards(metadata)
         models = check_npz_files(parquets)
-        source = {p.name: [file_signature(p), file_signature(p.with_suffix(".npz"))] for p in parquets}
+        source = {p.name: [file_signature(p), file_signature(p.with_suffix(".npz")), link_embeddings] for p in parquets}
         info = pool_info(out) if out.is_dir() else None
         if info and info.get("status") == "complete" and info.get("source_files") == source and \
                 info.get("tar_shards", 0) == len(tars):
@@ -78,9 +82,9 @@ def import_datacomp(src: Path, out: Path, *, overwrite: bool = False) -> dict:
         begin = {"status": "writing", "command": "import-datacomp", "source": str(src.resolve()), "format": "datacomp",
                  "source_files": source}
         atomic_write_json(begin, out / POOL_INFO)
-        rows = import_shards(parquets, out, models, source)
+        rows = import_shards(parquets, out, models, source, link_embeddings)
         check_unique_uids(out)
-        write_sidecar_manifests(out, models, src, len(parquets), rows)
+        write_sidecar_manifests(out, models, src, len(parquets), rows, parquets if link_embeddings else None)
         images = link_images(out, tars)
         info = {**begin, "status": "complete", "rows": rows, "shards": len(parquets),
                 "shard_files": {shard.path.name: shard.rows for shard in scan_shards(out, complete=False)},
@@ -132,7 +136,7 @@ def prepare_import(out: Path, info: dict | None, source: dict, overwrite: bool) 
     shutil.rmtree(out / MARKER_DIR, ignore_errors=True)
 
 
-def import_shards(parquets: list[Path], out: Path, models: list[str], source: dict) -> int:
+def import_shards(parquets: list[Path], out: Path, models: list[str], source: dict, link: bool = False) -> int:
     rows = 0
     with Progress("import datacomp", len(parquets), "shard") as progress:
         for index, parquet in enumerate(parquets):
@@ -141,16 +145,25 @@ def import_shards(parquets: list[Path], out: Path, models: list[str], source: di
             if same_source and is_done(out, parquet.stem, out / parquet.name):
                 rows += parquet_file(out / parquet.name).metadata.num_rows
             else:
-                rows += import_shard(parquet, out, models, f"part-{index:05d}")
+                rows += import_shard(parquet, out, models, f"part-{index:05d}", link)
                 mark_done(out, parquet.stem, {"shard": parquet.name, "models": models, "source": source[parquet.name]},
                           out / parquet.name)
             progress.update()
     return rows
 
 
-def write_sidecar_manifests(out: Path, models: list[str], src: Path, shards: int, rows: int) -> None:
+def write_sidecar_manifests(out: Path, models: list[str], src: Path, shards: int, rows: int,
+                            linked: list[Path] | None = None) -> None:
+    """Each model's sidecar manifest, and with ``linked`` (the source parquets) its ``_links.json``
+    for the parts not copied."""
     for model in models:
         name, pretrained, dim = MODELS[model]
+        if linked is not None:
+            sidecar = out / EMBEDDINGS_DIR / model
+            entries = {f"part-{index:05d}": link_entry(parquet.with_suffix(".npz"), model, out / parquet.name)
+                       for index, parquet in enumerate(linked)
+                       if not (sidecar / f"part-{index:05d}.parquet").is_file()}
+            write_links(sidecar, entries)
         write_manifest(out / EMBEDDINGS_DIR / model, stage="embed", status="complete", layout="pool-shards",
                        columns=["image_emb", "text_emb"], fingerprint=f"datacomp-npz-{model}-{rows}",
                        model=name, pretrained=pretrained, weights="tag", dim=dim, preprocess="datacomp release",
@@ -209,8 +222,9 @@ def npz_shapes(npz: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return result
 
 
-def import_shard(parquet: Path, out: Path, models: list[str], part: str) -> int:
-    """Copy one shard's metadata and write its embedding sidecars; returns its row count."""
+def import_shard(parquet: Path, out: Path, models: list[str], part: str, link: bool = False) -> int:
+    """Copy one shard's metadata and write its embedding sidecars (``link``: only those whose npz
+    arrays cannot be mapped in place); returns its row count."""
     table = read_shard(parquet)
     if "uid" not in table.column_names:
         raise PoolError(f"{parquet}: missing required column 'uid'; it has {table.column_names}")
@@ -218,6 +232,12 @@ def import_shard(parquet: Path, out: Path, models: list[str], part: str) -> int:
     try:
         with np.load(npz) as arrays:
             for model in models:
+                if link and link_entry(npz, model, parquet) is not None:
+                    (out / EMBEDDINGS_DIR / model / f"{part}.parquet").unlink(missing_ok=True)
+                    continue
+                if link:
+                    log.warning("%s: the %s arrays are compressed or not C-ordered float16: copying them "
+                                "(np.savez, DataComp's writer, stores them so they can be read in place)", npz, model)
                 image_emb, text_emb = arrays[f"{model}_img"], arrays[f"{model}_txt"]
                 warn_non_finite(image_emb, f"{npz} {model}_img")
                 warn_non_finite(text_emb, f"{npz} {model}_txt")
