@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_score import TreeMemory  # noqa: E402  (the process-tree memory sampler)
+from bench_score import TreeMemory  # the process-tree memory sampler
 
 BASELINES = ("no_filter", "basic", "laion2b", "clip_score_b32_threshold_0.25", "clip_score_l14_30pct",
              "text_based", "image_based", "image_based_intersect_clip_score")
