@@ -122,7 +122,7 @@ def frozen_cluster(vectors: np.ndarray, uids: np.ndarray, known: np.ndarray, art
     kept rows, then the earlier new rows."""
     old = known >= 0
     keep, matched = np.zeros(len(uids), dtype=bool), np.full(len(uids), None, dtype=object)
-    keep[old] = artifact.column("keep").to_numpy(zero_copy_only=False)[known[old]]
+    keep[old] = artifact.column("keep").take(known[old]).to_numpy(zero_copy_only=False)  # this cluster's rows only
     matched[old] = np.asarray(artifact.column("duplicate_of").take(known[old]).to_pylist(), dtype=object)
     new = np.flatnonzero(~old)
     if len(new):
