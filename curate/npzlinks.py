@@ -103,9 +103,10 @@ def read_part(directory: Path, part: str, columns: list[str]) -> pa.Table:
     """Columns of one sidecar part: its parquet file, or the linked npz arrays mapped in place."""
     directory = Path(directory)
     path = directory / f"{part}.parquet"
-    if path.is_file() or part not in links(directory):
+    linked = {} if path.is_file() else links(directory)
+    if part not in linked:
         return pq.read_table(path, columns=columns)
-    entry = links(directory)[part]
+    entry = linked[part]
     npz = Path(entry["npz"])
     if not npz.is_file() or file_signature(npz) != entry["signature"]:
         raise PoolError(f"{npz}: {'missing' if not npz.is_file() else 'changed'} since it was linked into "
