@@ -15,9 +15,11 @@ import logging
 import sys
 from pathlib import Path
 
+from curate import remote
 from curate.commands import ENGINE_ARGS, Command, commands
 from curate.engines import open_session
-from curate.errors import CurateError
+from curate.errors import CurateError, RecipeError
+from curate.remote import RemotePath
 
 log = logging.getLogger("curate")
 
@@ -46,7 +48,7 @@ def configure_logging(verbose: bool, out: Path | None = None) -> logging.Handler
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if out is None or out.is_symlink() or (out.exists() and not out.is_dir()):
         return None
-    if out.is_dir() and any(out.iterdir()) and not any(p.name.startswith("_") for p in out.iterdir()):
+    if out.is_dir() and any(out.iterdir()) and not any(p.name.startswith(("_", ".")) for p in out.iterdir()):
         return None  # someone else's folder: the command will refuse it; write nothing there
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / LOG_FILE, encoding="utf-8")
@@ -58,15 +60,50 @@ def configure_logging(verbose: bool, out: Path | None = None) -> logging.Handler
 def main(argv: list[str] | None = None) -> int:
     table = commands()
     args = build_parser(table).parse_args(argv)
-    out = getattr(args, "out", None)
-    handler = configure_logging(args.verbose, out if isinstance(out, Path) else None)
-    log.info("curate %s", " ".join(argv if argv is not None else sys.argv[1:]))
+    handler = None
     try:
-        return run_command(table[args.command], args)
+        outputs = mirror_remote_args(args)
+        out = getattr(args, "out", None)
+        handler = configure_logging(args.verbose, out if isinstance(out, Path) else None)
+        log.info("curate %s", " ".join(argv if argv is not None else sys.argv[1:]))
+        try:
+            return run_command(table[args.command], args)
+        finally:
+            push_outputs(outputs)
+    except CurateError as error:  # a remote path that cannot be mirrored or uploaded
+        print(f"curate {args.command}: error: {error}", file=sys.stderr)
+        return 2
     finally:
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
+
+
+def mirror_remote_args(args: argparse.Namespace) -> list[tuple[Path, RemotePath]]:
+    """Replace every remote path argument by its local mirror (curate.remote): inputs must exist and
+    are pulled; ``--out`` is pulled when it exists (a re-run resumes it, on any machine) and returned
+    to be pushed after each recipe stage (``args.checkpoint``) and when the command ends."""
+    remote_names = [name for name, value in vars(args).items() if isinstance(value, RemotePath)]
+    if remote_names and getattr(args, "link_embeddings", False):
+        raise RecipeError("--link-embeddings with a remote --src or --out: the links would name this machine's "
+                          "mirror of the npz files, which other machines do not have; import without it")
+    outputs = []
+    for name, value in vars(args).items():
+        if isinstance(value, list) and any(isinstance(item, RemotePath) for item in value):
+            setattr(args, name, [remote.pull(item, must_exist=True) if isinstance(item, RemotePath) else item
+                                 for item in value])
+        elif isinstance(value, RemotePath):
+            setattr(args, name, remote.pull(value, must_exist=name != "out"))
+            if name == "out":
+                outputs.append((getattr(args, name), value))
+    args.checkpoint = (lambda: push_outputs(outputs)) if outputs else None
+    return outputs
+
+
+def push_outputs(outputs: list[tuple[Path, RemotePath]]) -> None:
+    for local, target in outputs:
+        if local.exists():
+            remote.push(local, target)
 
 
 def run_command(command: Command, args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,21 +66,24 @@ def preflight(recipe: Recipe, pool_dir: Path) -> None:
 
 def run_recipe(recipe: Recipe, pool_dir: Path, out_dir: Path, *, engine: str = "local",
                workers: int | None = None, master: str | None = None, spark=None,
-               session: Session | None = None, strict: bool = False, frozen: Path | None = None) -> dict:
+               session: Session | None = None, strict: bool = False, frozen: Path | None = None,
+               on_stage: Callable[[], None] | None = None) -> dict:
     """Run every stage, the subset and the report. ``strict``: a safeguard warning (a stage
     removing more than ``recipe.max_removed_share`` of the pool, a select keeping nothing) is an
     error (SafeguardError) instead. ``frozen``: an earlier run directory whose fitted statistics
-    the stages keep instead of refitting (curate.engines.frozen)."""
+    the stages keep instead of refitting (curate.engines.frozen). ``on_stage``: called after each
+    stage is complete (the CLI uploads a remote --out then)."""
     if session is None:
         with open_session(engine, workers=workers, master=master, spark=spark) as opened:
-            return run_recipe(recipe, pool_dir, out_dir, session=opened, strict=strict, frozen=frozen)
+            return run_recipe(recipe, pool_dir, out_dir, session=opened, strict=strict, frozen=frozen,
+                              on_stage=on_stage)
     with directory_lock(out_dir):
         return _run_recipe(recipe, Path(pool_dir), Path(out_dir), session, strict,
-                           Path(frozen) if frozen is not None else None)
+                           Path(frozen) if frozen is not None else None, on_stage)
 
 
 def _run_recipe(recipe: Recipe, pool_dir: Path, out_dir: Path, session: Session, strict: bool,
-                frozen: Path | None) -> dict:
+                frozen: Path | None, on_stage: Callable[[], None] | None) -> dict:
     started = time.perf_counter()
     if frozen is not None and frozen.resolve() == out_dir.resolve():
         raise RecipeError(f"--frozen {frozen} is the run's own --out; write the frozen run to a new directory")
@@ -98,6 +102,8 @@ def _run_recipe(recipe: Recipe, pool_dir: Path, out_dir: Path, session: Session,
         manifest = session.run_stage(stage, cfg, pool_dir, out_dir, frozen)
         skipped = (out_dir / stage.name / "_manifest.json").stat().st_mtime < wall  # nothing rewritten
         stage_done(out_dir, stage.name, recipe, manifest, time.perf_counter() - begun, strict, skipped)
+        if on_stage is not None and not skipped:
+            on_stage()
     subset.run_subset(pool_dir, out_dir, recipe.stage_names, recipe.select, session)
     report = build_report(pool_dir, out_dir, recipe.as_dict(), session.engine,
                           seconds=round(time.perf_counter() - started, 2))

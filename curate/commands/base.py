@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.engines import ENGINES
+from curate.remote import RemotePath, parse_path
 
 log = logging.getLogger("curate")
 
@@ -29,27 +30,18 @@ def arg(*flags: str, **options: Any) -> Argument:
     return flags, options
 
 
-def local_path(value: str) -> Path:
-    """A path argument: a local path or a ``file://`` URL. Object-store URLs (s3://, gs://, ...) are
-    refused with what to do instead: curate reads and writes pools through the local filesystem
-    (resume markers and atomic renames need one), so mount the bucket (s3fs, gcsfuse, a cluster's
-    shared mount) and pass the mount path."""
-    scheme, separator, _ = value.partition("://")
-    if not separator:
-        return Path(value)
-    if scheme == "file":
-        from urllib.parse import unquote, urlparse
-
-        parsed = urlparse(value)
-        if parsed.netloc not in ("", "localhost"):
-            raise argparse.ArgumentTypeError(f"{value}: a file:// URL must name this machine (file:///path)")
-        return Path(unquote(parsed.path))
-    raise argparse.ArgumentTypeError(f"{value}: {scheme}:// paths are not read directly; mount the bucket "
-                                     f"(e.g. s3fs or gcsfuse) and pass the mounted directory")
+def path_arg(value: str) -> Path | RemotePath:
+    """A path argument: a local path, a ``file://`` URL, or a remote URL (s3://, gs://, hdfs://, any
+    fsspec protocol) that the CLI mirrors locally before the command and, for --out, uploads after
+    it (curate.remote)."""
+    try:
+        return parse_path(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
-POOL = arg("--pool", type=local_path, required=True, help="pool directory (parquet shards)")
-OUT = arg("--out", type=local_path, required=True, help="run directory; re-running resumes it")
+POOL = arg("--pool", type=path_arg, required=True, help="pool directory (parquet shards), or a URL (s3://...)")
+OUT = arg("--out", type=path_arg, required=True, help="run directory, or a URL (s3://...); re-running resumes it")
 SET = arg("--set", action="append", default=[], metavar="KEY=VALUE",
           help="override: stage.key=value, select=EXPR or seed=N (repeatable; values are YAML scalars)")
 ENGINE_ARGS = (arg("--engine", choices=ENGINES, default="local", help="local (default) or spark"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from curate.commands.base import Command, arg, local_path
+from curate.commands.base import Command, arg, path_arg
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -34,10 +34,10 @@ def evaluate_commands() -> dict[str, Command]:
     return {
         "evaluate": Command("train a CLIP on each run's subset and on baselines of the same size; zero-shot "
                             "evaluation with CLIP_benchmark (DataComp's protocol in miniature)", (
-            arg("run_dirs", type=local_path, nargs="+", metavar="RUN_DIR", help="run directories with subset.npy"),
-            arg("--tasks", type=local_path, required=True, help="a task directory in CLIP_benchmark's webdataset layout, or "
+            arg("run_dirs", type=path_arg, nargs="+", metavar="RUN_DIR", help="run directories with subset.npy"),
+            arg("--tasks", type=path_arg, required=True, help="a task directory in CLIP_benchmark's webdataset layout, or "
                 "a directory of them (`curate demo-tasks`, or DataComp's download_evalsets.py output)"),
-            arg("--out", type=local_path, required=True, help="writes OUT/results.parquet, summary.json, report.html; "
+            arg("--out", type=path_arg, required=True, help="writes OUT/results.parquet, summary.json, report.html; "
                 "re-running resumes"),
             arg("--baseline", default="random,no_filter", help="comma list of random (a uid-hashed random subset "
                 "of each candidate's size) and no_filter (every downloaded row), or none; default %(default)s"),
@@ -51,5 +51,5 @@ def evaluate_commands() -> dict[str, Command]:
                 "--warmup", type=int, default=None, help="warmup steps; default a tenth of the steps"),
             arg("--device", default="auto", help="auto (cuda when visible), cpu or cuda")), run_evaluate, engine=True),
         "demo-tasks": Command("write the demo's zero-shot evaluation tasks (CLIP_benchmark webdataset layout)", (
-            arg("--out", type=local_path, required=True),), run_demo_tasks),
+            arg("--out", type=path_arg, required=True),), run_demo_tasks),
     }

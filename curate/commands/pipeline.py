@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from curate.commands.base import DEFAULT_RECIPE, OUT, POOL, SET, Command, arg, local_path, log
+from curate.commands.base import DEFAULT_RECIPE, OUT, POOL, SET, Command, arg, log, path_arg
 from curate.outputs import claim_run_dir, directory_lock
 
 
@@ -15,7 +15,7 @@ def run_recipe_command(args: argparse.Namespace) -> None:
     from curate.recipe import load_recipe
 
     pipeline.run_recipe(load_recipe(args.recipe, args.set), args.pool, args.out, session=args.session,
-                        strict=args.strict, frozen=args.frozen)
+                        strict=args.strict, frozen=args.frozen, on_stage=args.checkpoint)
 
 
 def run_stage_command(args: argparse.Namespace) -> None:
@@ -59,9 +59,9 @@ def run_reshard(args: argparse.Namespace) -> None:
 
 
 RESHARD = Command("write a run's selected samples as webdataset tar shards", (
-    arg("run_dir", type=local_path, help="run directory (its subset.npy or subset/), or a subset .npy"),
-    arg("--pool", type=local_path, default=None, help="pool with image bytes (default: from RUN_DIR/_run.json)"),
-    arg("--out", type=local_path, required=True, help="directory for {:08d}.tar shards; re-running resumes"),
+    arg("run_dir", type=path_arg, help="run directory (its subset.npy or subset/), or a subset .npy"),
+    arg("--pool", type=path_arg, default=None, help="pool with image bytes (default: from RUN_DIR/_run.json)"),
+    arg("--out", type=path_arg, required=True, help="directory for {:08d}.tar shards; re-running resumes"),
     arg("--shard-size", type=int, default=10000, help="samples per shard; default %(default)s"),
     arg("--shuffle", action="store_true", help="order by a hash of (uid, seed), not the pool's order"),
     arg("--seed", type=int, default=0),
@@ -72,10 +72,10 @@ RESHARD = Command("write a run's selected samples as webdataset tar shards", (
 def pipeline_commands() -> dict[str, Command]:
     return {
         "run": Command("run a recipe: every stage, the subset, subset.npy and report.json",
-                       (arg("recipe", type=local_path, help="recipe YAML, e.g. jobs/recipes/web_default.yaml"), POOL, OUT, SET,
+                       (arg("recipe", type=path_arg, help="recipe YAML, e.g. jobs/recipes/web_default.yaml"), POOL, OUT, SET,
                         arg("--strict", action="store_true", help="stop (exit 2) when a stage removes more than the "
                             "recipe's max_removed_share (default 0.9) of the pool, or the select keeps nothing"),
-                        arg("--frozen", type=local_path, default=None, metavar="PREVIOUS_OUT",
+                        arg("--frozen", type=path_arg, default=None, metavar="PREVIOUS_OUT",
                             help="incremental curation: keep the fitted statistics of an earlier run of this recipe "
                                  "(MetaCLIP counts, score thresholds, centroids, SemDeDup's kept rows, DBP's "
                                  "cut-offs) instead of refitting them on this pool; rows that run saw keep its "
@@ -83,13 +83,13 @@ def pipeline_commands() -> dict[str, Command]:
                                  "curation)")),
                        run_recipe_command, engine=True),
         "subset": Command("select rows from stage columns; write subset/ and subset.npy", (
-            POOL, arg("--out", type=local_path, required=True, help="run directory holding the stage outputs"),
+            POOL, arg("--out", type=path_arg, required=True, help="run directory holding the stage outputs"),
             arg("--select", required=True, help="boolean expression, e.g. \"basic_keep AND align_keep\""),
             arg("--stages", nargs="*", default=None, help="stages to join (default: all complete ones)")),
             run_subset_command, engine=True),
         "demo": Command("the whole demo: generate, serve, ingest, run the demo recipe", (
-            arg("--out", type=local_path, default=Path("out/demo")), arg("--n", type=int, default=3000),
-            arg("--recipe", type=local_path, default=DEFAULT_RECIPE), SET,
+            arg("--out", type=path_arg, default=Path("out/demo")), arg("--n", type=int, default=3000),
+            arg("--recipe", type=path_arg, default=DEFAULT_RECIPE), SET,
             arg("--output-format", choices=("parquet", "webdataset"), default="parquet",
                 help="how ingest stores the demo pool's images: in the parquet shards, or in webdataset tars "
                      "beside them (read in place)")), run_demo, engine=True),

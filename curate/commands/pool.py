@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from curate.commands.base import Command, arg, local_path
+from curate.commands.base import Command, arg, path_arg
 
 
 def run_ingest(args: argparse.Namespace) -> None:
@@ -64,8 +64,8 @@ def pool_commands() -> dict[str, Command]:
     train = _train_defaults()
     return {
         "ingest": Command("download a URL list with img2dataset into a parquet pool", (
-            arg("url_list", type=local_path, nargs="?", help="parquet, csv or tsv with url and caption columns"),
-            arg("--out", type=local_path, required=True, help="pool directory to write"),
+            arg("url_list", type=path_arg, nargs="?", help="parquet, csv or tsv with url and caption columns"),
+            arg("--out", type=path_arg, required=True, help="pool directory to write"),
             arg("--url-col", default="url"), arg("--caption-col", default="caption"),
             arg("--processes", type=int, default=2), arg("--threads", type=int, default=16),
             arg("--resize-mode", default="no", help="img2dataset resize mode; 'no' keeps original bytes"),
@@ -85,7 +85,7 @@ def pool_commands() -> dict[str, Command]:
             arg("--append", action="store_true", help="add URL_LIST to the pool --out as new shards (uids must be new)")),
             run_ingest),
         "import-datacomp": Command("import a DataComp pool (parquet + npz) with its embeddings",
-                                   (arg("--src", type=local_path, required=True), arg("--out", type=local_path, required=True),
+                                   (arg("--src", type=path_arg, required=True), arg("--out", type=path_arg, required=True),
                                     arg("--overwrite", action="store_true",
                                         help="replace an import of other source files"),
                                     arg("--link-embeddings", action="store_true",
@@ -93,11 +93,11 @@ def pool_commands() -> dict[str, Command]:
                                              "them into the pool: the import adds only the metadata; the npz files "
                                              "must stay where they are")), run_import),
         "demo-pool": Command("generate the synthetic demo pool with known defects", (
-            arg("--out", type=local_path, required=True), arg("--n", type=int, default=3000),
+            arg("--out", type=path_arg, required=True), arg("--n", type=int, default=3000),
             arg("--seed", type=int, default=0)), run_demo_pool),
         "train-dfn": Command("train a data filtering network (open_clip_train) on a trusted set", (
-            arg("--trusted", type=local_path, required=True, help="trusted pool (parquet with jpg, text) or .tar shards"),
-            arg("--out", type=local_path, required=True, help="writes OUT/dfn.pt (embed: pretrained=OUT/dfn.pt), OUT/dfn.json"),
+            arg("--trusted", type=path_arg, required=True, help="trusted pool (parquet with jpg, text) or .tar shards"),
+            arg("--out", type=path_arg, required=True, help="writes OUT/dfn.pt (embed: pretrained=OUT/dfn.pt), OUT/dfn.json"),
             arg("--model", default="curate-tiny-vit", help="open_clip architecture"),
             arg("--init", default=None, help="checkpoint to fine-tune (default: from scratch)"),
             arg("--epochs", type=int, default=train["epochs"], help="default %(default)s (the demo DFN's)"),

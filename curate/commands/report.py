@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from curate.commands.base import Command, arg, local_path
+from curate.commands.base import Command, arg, path_arg
 
 
 def run_concepts(args: argparse.Namespace) -> int:
@@ -37,18 +37,18 @@ def run_report(args: argparse.Namespace) -> None:
 def report_commands() -> dict[str, Command]:
     return {
         "report": Command("print the summary of a run directory's report.json; write report.html", (
-            arg("run_dir", type=local_path),
+            arg("run_dir", type=path_arg),
             arg("--no-html", action="store_true", help="only print the summary; skip RUN_DIR/report.html"),
-            arg("--pool", type=local_path, default=None, help="pool directory (default: from RUN_DIR/_run.json)")), run_report),
+            arg("--pool", type=path_arg, default=None, help="pool directory (default: from RUN_DIR/_run.json)")), run_report),
         "calibrate": Command("how eps (SemDeDup) or a score threshold acts on this pool: share kept per value", (
             arg("what", choices=("semdedup", "score")),
-            arg("run_dir", type=local_path, help="a run directory with a cluster stage (semdedup) or a score stage"),
-            arg("--pool", type=local_path, default=None, help="pool directory (default: from RUN_DIR/_run.json)"),
+            arg("run_dir", type=path_arg, help="a run directory with a cluster stage (semdedup) or a score stage"),
+            arg("--pool", type=path_arg, default=None, help="pool directory (default: from RUN_DIR/_run.json)"),
             arg("--max-rows", type=int, default=200_000, help="semdedup: rows of whole clusters to use"),
             arg("--column", default="score_clip", help="score: the score column (the run's, or the pool's)")),
             run_calibrate),
         "metaclip-report": Command("MetaCLIP entry/concept frequencies of a run directory", (
-            arg("run_dir", type=local_path),
-            arg("--pool", type=local_path, default=None, help="pool directory (default: from RUN_DIR/_run.json)"),
-            arg("--concepts", type=local_path, default=None, help="concept list, e.g. ImageNet class names")), run_concepts),
+            arg("run_dir", type=path_arg),
+            arg("--pool", type=path_arg, default=None, help="pool directory (default: from RUN_DIR/_run.json)"),
+            arg("--concepts", type=path_arg, default=None, help="concept list, e.g. ImageNet class names")), run_concepts),
     }
