@@ -15,7 +15,7 @@ prints its message on one line and exits 2 (``--debug`` shows the traceback).
 - ``SafeguardError``: under ``--strict``, a stage that removes more than the recipe's
   ``max_removed_share`` of the pool, or a select that keeps nothing.
 - ``RunDirError``: an output directory curate cannot use (someone else's files, a symlink, another
-  run holding it).
+  run holding it); ``DiskFullError``, one that ran out of space while a file was written.
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ class ReshardError(PoolError):
 
 class RunDirError(CurateError):
     """An output directory that curate may not write: not its own, a symlink, or in use."""
+
+
+class DiskFullError(RunDirError):
+    """A write that ran out of space (or quota, or file-size limit): names the file, of which nothing
+    was kept; a re-run resumes once space is freed."""
 
 
 class TrainingError(CurateError):

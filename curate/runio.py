@@ -1,13 +1,14 @@
 """Run-directory I/O: atomic writes, per-partition completion markers, stage manifests.
 
 Every file a stage writes appears whole or not at all (written to a temporary name in the
-same directory, then renamed). A partition is finished when its marker exists; the marker
+same directory, then renamed); a disk that fills meanwhile is a ``DiskFullError`` naming the file. A partition is finished when its marker exists; the marker
 is written after the partition's data, so a crash between the two re-runs the partition
 and the rename overwrites the earlier copy. Markers double as per-partition statistics.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -22,9 +23,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.errors import DiskFullError
 from curate.fingerprint import tail_digest
 
 MARKER_DIR = "_done"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit
 MANIFEST = "_manifest.json"
 _VERSIONED = ("curate", "pyarrow", "polars", "numpy", "pyspark", "img2dataset", "fasttext-predict", "cld3-py")
 
@@ -38,13 +41,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary name beside ``path`` to write to; renamed to ``path`` when the block succeeds,
     removed when it fails (so ``path`` is whole or absent, never half written)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
     try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_name(path)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as error:
+        if error.errno in _NO_SPACE:
+            raise DiskFullError(f"{path}: {os.strerror(error.errno).lower()} while writing it (nothing of it was "
+                                f"kept; free space and re-run the command: finished parts are kept and "
+                                f"it resumes)") from error
+        raise
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:

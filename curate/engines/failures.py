@@ -18,7 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.errors import RowError, StageError, describe_exception
+from curate.errors import PoolError, RowError, StageError, describe_exception
+from curate.fingerprint import file_signature
 from curate.pool import Shard, read_shard
 
 MARKER = "curate-stage-error:"
@@ -88,3 +89,17 @@ def locate_uid(shards: list[Shard], uid: str) -> tuple[str | None, int | None]:
         if index >= 0:
             return str(shard.path), index
     return None, None
+
+
+def check_shards_unchanged(stage: str, shards: list[Shard], signatures: dict[str, str]) -> None:
+    """Before a stage is marked complete: every pool shard it read must still be the one signed at its
+    start (``signatures``: the plan's input signatures). A shard deleted or rewritten meanwhile is a
+    PoolError, the stage stays unfinished, and its changed fingerprint makes the next run recompute it
+    from the shards as they are then: nothing computed from a half-old pool is ever reused."""
+    for shard in shards:
+        if not shard.path.is_file():
+            raise PoolError(f"{shard.path}: pool shard disappeared while stage {stage} ran; the stage is not "
+                            f"marked complete (restore the shard, or re-run on the pool as it is now)")
+        if file_signature(shard.path) != signatures.get(f"pool shard {shard.path.name}"):
+            raise PoolError(f"{shard.path}: pool shard changed while stage {stage} ran; the stage is not marked "
+                            f"complete, and a re-run recomputes it from the shard as it is now")

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from curate.contract import Stage
 from curate.engines import plan as planning
-from curate.engines.failures import local_failures
+from curate.engines.failures import check_shards_unchanged, local_failures
 from curate.engines.groups import run_groups
 from curate.engines.partitions import Partition, apply_task, partial_task
 from curate.engines.workers import WorkerPool
@@ -53,6 +53,7 @@ def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, workers: Wo
         run_groups(plan, shards, workers, limit)  # per-group apply: a bounded shuffle
     else:
         workers.map(apply_task, todo, stage.name, limit=limit)
+    check_shards_unchanged(stage.name, shards, plan.inputs)
     stats = done_stats(plan.stage_dir)
     return write_manifest(plan.stage_dir, **planning.manifest_fields(
         plan, "local", LAYOUT, "complete", rows=sum(s["rows"] for s in stats), partitions=len(stats),

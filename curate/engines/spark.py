@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from curate import npzlinks, tarindex
 from curate.contract import Stage
 from curate.engines import plan as planning
-from curate.engines.failures import local_failures, marked, spark_failure
+from curate.engines.failures import check_shards_unchanged, local_failures, marked, spark_failure
 from curate.engines.spark_images import with_tar_images
 from curate.engines.spark_links import read_linked
 from curate.fingerprint import tail_digest
@@ -156,6 +156,7 @@ def _run(plan: planning.Plan, shards: list[Shard], out_dir: Path, spark) -> dict
     else:
         output = frame.mapInArrow(BatchApply(stage, cfg, artifact), _spark_schema(stage.output_schema()))
     rows, part_files = write_parts(output, plan.stage_dir)
+    check_shards_unchanged(stage.name, shards, plan.inputs)
     return write_manifest(plan.stage_dir, **planning.manifest_fields(
         plan, "spark", LAYOUT, "complete", rows=rows, part_files=part_files,
         artifact_rows=None if artifact is None else artifact.num_rows, fit_seconds=fit_seconds,
