@@ -23,7 +23,6 @@ everything is deleted at the end. ``--rows 1000000`` takes about 10 minutes here
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -49,18 +48,26 @@ def size(path: Path) -> int:
 
 
 def run(name: str, recipe, pool: Path, out: Path, workers: int) -> list[tuple]:
+    """(recipe, stage, wall s, MiB written, peak RSS of the process tree while the stage ran) per stage,
+    then the subset + report step, then the whole recipe; each stage's window ends when the pipeline's
+    ``on_stage`` hook reports it complete."""
     from curate import pipeline
 
-    memory = TreeMemory()
+    memory, ends = TreeMemory(), []
+
+    def stage_finished() -> None:
+        ends.append((time.perf_counter(), memory.take()))
+
     started = time.perf_counter()
-    report = pipeline.run_recipe(recipe, pool, out, workers=workers)
-    seconds, peak = time.perf_counter() - started, memory.stop()
-    rows = []
-    for stage in recipe.stage_names:
-        manifest = json.loads((out / stage / "_manifest.json").read_text())
-        rows.append((name, stage, (manifest.get("fit_seconds") or 0) + (manifest.get("seconds_last_run") or 0),
-                     size(out / stage)))
-    rows.append((name, "(recipe)", seconds, peak, report["rows_out"]))
+    report = pipeline.run_recipe(recipe, pool, out, workers=workers, on_stage=stage_finished)
+    seconds, tail_peak = time.perf_counter() - started, memory.stop()
+    rows, previous = [], started
+    for stage, (end, peak) in zip(recipe.stage_names, ends):
+        rows.append((name, stage, end - previous, size(out / stage), peak))
+        previous = end
+    rows.append((name, "subset+report", started + seconds - previous, size(out / "subset"), tail_peak))
+    rows.append((name, "(recipe)", seconds, size(out), max([tail_peak, *(peak for _, peak in ends)]),
+                 report["rows_out"]))
     shutil.rmtree(out, ignore_errors=True)
     return rows
 
@@ -71,7 +78,20 @@ def main() -> None:
     parser.add_argument("--rows-per-shard", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--recipes", nargs="*", default=[*BASELINES, "full"])
+    parser.add_argument("--models", default="b32,l14", help="embeddings the npz hold (DataComp: b32,l14; both "
+                        "score columns are always written); b32 alone needs 40%% of the disk, and skips the recipes "
+                        "that read l14 embeddings")
     args = parser.parse_args()
+    models = tuple(args.models.split(","))
+    if "l14" not in models:
+        skipped = [name for name in args.recipes if name.startswith("image_based")]
+        args.recipes = [name for name in args.recipes if name not in skipped]
+        print(f"--models {args.models}: skipping {skipped} (they read l14 embeddings)")
+    need = args.rows * (2 * 2 * sum({"b32": 512, "l14": 768}[m] for m in models) + 700)  # npz + parquet, pool, runs
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if need > 0.9 * free:
+        sys.exit(f"needs about {need / 2**30:.0f} GiB in {tempfile.gettempdir()}, {free / 2**30:.0f} GiB free: "
+                 f"fewer --rows, --models b32, or TMPDIR elsewhere")
 
     import pyarrow.parquet as pq
 
@@ -83,15 +103,16 @@ def main() -> None:
     try:
         started = time.perf_counter()
         source = write_datacomp_pool(work / "src", shards=-(-args.rows // args.rows_per_shard),
-                                     rows_per_shard=args.rows_per_shard, seed=12)
+                                     rows_per_shard=args.rows_per_shard, seed=12, npz_models=models)
         npz_bytes = sum(p.stat().st_size for p in source.glob("*.npz"))
         print(f"pool: {args.rows:,} rows written in {time.perf_counter() - started:.0f} s; npz {npz_bytes / 2**30:.2f} GiB")
         started = time.perf_counter()
         import_datacomp(source, work / "pool", link_embeddings=True)
         print(f"import --link-embeddings: {time.perf_counter() - started:.1f} s, adds {size(work / 'pool') / 2**20:,.0f} MiB "
               f"({size(work / 'pool') / npz_bytes:.1%} of the npz)")
-        with np.load(source / "00000000.npz") as arrays:
-            np.save(work / "targets.npy", arrays["l14_img"][::100].astype(np.float32))
+        if "l14" in models:
+            with np.load(source / "00000000.npz") as arrays:
+                np.save(work / "targets.npy", arrays["l14_img"][::100].astype(np.float32))
         clusters = max(10, args.rows // 1000)  # DataComp: 100k clusters for 12.8M (~128 rows each); see README
         started = time.perf_counter()
         scores = np.concatenate([pq.read_table(p, columns=["clip_l14_similarity_score"]).column(0).to_numpy()
@@ -108,12 +129,11 @@ def main() -> None:
                     if name.startswith("image_based") else []
                 recipe = load_recipe(Path("jobs/recipes") / f"{name}.yaml", overrides)
             results += run(name, recipe, work / "pool", work / f"run_{name}", args.workers)
-        print(f"{'recipe':<34}{'stage':<12}{'wall s':>9}{'MiB / peak RSS':>16}{'rows out':>11}")
+        print(f"{'recipe':<34}{'stage':<15}{'wall s':>9}{'MiB written':>13}{'peak RSS MiB':>14}{'rows out':>12}")
         for row in results:
-            if row[1] == "(recipe)":
-                print(f"{row[0]:<34}{row[1]:<12}{row[2]:>9.1f}{row[3] / 2**20:>13,.0f} RSS{row[4]:>11,}")
-            else:
-                print(f"{row[0]:<34}{row[1]:<12}{row[2]:>9.1f}{row[3] / 2**20:>12,.0f} MiB")
+            out_rows = f"{row[5]:>12,}" if len(row) > 5 else ""
+            print(f"{row[0]:<34}{row[1]:<15}{row[2]:>9.1f}{row[3] / 2**20:>13,.0f}{row[4] / 2**20:>14,.0f}{out_rows}",
+                  flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -69,6 +69,11 @@ class TreeMemory:
             self.peak = max(self.peak, sum(_rss_pages(pid) for pid in _tree(os.getpid())) * page)
             time.sleep(self.interval)
 
+    def take(self) -> int:
+        """The peak since the last take (or the start), and start a new window."""
+        peak, self.peak = self.peak, 0
+        return peak
+
     def stop(self) -> int:
         self.running = False
         self.thread.join()

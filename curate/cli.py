@@ -60,19 +60,22 @@ def configure_logging(verbose: bool, out: Path | None = None) -> logging.Handler
 def main(argv: list[str] | None = None) -> int:
     table = commands()
     args = build_parser(table).parse_args(argv)
-    handler = None
     try:
         outputs = mirror_remote_args(args)
-        out = getattr(args, "out", None)
-        handler = configure_logging(args.verbose, out if isinstance(out, Path) else None)
-        log.info("curate %s", " ".join(argv if argv is not None else sys.argv[1:]))
-        try:
-            return run_command(table[args.command], args)
-        finally:
-            push_outputs(outputs)
-    except CurateError as error:  # a remote path that cannot be mirrored or uploaded
-        print(f"curate {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except CurateError as error:  # a remote path that cannot be reached or mirrored
+        return failed(args, error)
+    out = getattr(args, "out", None)
+    handler = configure_logging(args.verbose, out if isinstance(out, Path) else None)
+    log.info("curate %s", " ".join(argv if argv is not None else sys.argv[1:]))
+    try:
+        status = run_command(table[args.command], args)
+        push_outputs(outputs)
+        return status
+    except CurateError as error:  # the upload of a remote --out
+        return failed(args, error)
+    except BaseException:
+        push_outputs(outputs)  # what finished before a crash is kept remotely too
+        raise
     finally:
         if handler is not None:
             logging.getLogger().removeHandler(handler)
@@ -114,17 +117,22 @@ def run_command(command: Command, args: argparse.Namespace) -> int:
             args.session = session
             return command.run(args) or 0
     except CurateError as error:
-        if args.debug:
-            raise
-        log.debug("%s", error, exc_info=True)
-        print(f"curate {args.command}: error: {error}", file=sys.stderr)
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.stream.write(f"error: {error}\n")
-        return 2
+        return failed(args, error)
     except KeyboardInterrupt:
         print(f"curate {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+
+
+def failed(args: argparse.Namespace, error: CurateError) -> int:
+    """One line on stderr and in the log file (``--debug``: the traceback instead); exit status 2."""
+    if args.debug:
+        raise error
+    log.debug("%s", error, exc_info=True)
+    print(f"curate {args.command}: error: {error}", file=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.stream.write(f"error: {error}\n")
+    return 2
 
 
 if __name__ == "__main__":

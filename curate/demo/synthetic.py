@@ -59,22 +59,30 @@ _CAPTIONS = {
 
 
 def write_datacomp_pool(directory: Path, *, shards: int = 2, rows_per_shard: int = 1000, seed: int = 0,
-                        models: tuple[str, ...] = ("b32", "l14"), face_fraction: float = 0.1) -> Path:
-    """Write `shards` DataComp-format parquet + npz pairs into `directory`; deterministic in `seed`."""
+                        models: tuple[str, ...] = ("b32", "l14"), face_fraction: float = 0.1,
+                        npz_models: tuple[str, ...] | None = None) -> Path:
+    """Write `shards` DataComp-format parquet + npz pairs into `directory`; deterministic in `seed`.
+    ``npz_models`` (default: all of ``models``): the models whose embeddings the npz hold; the others
+    get only their score column (the target similarity), which saves their disk space (a scale bench)."""
     unknown = set(models) - set(MODEL_DIMS)
     if unknown:
         raise ValueError(f"unknown model(s) {sorted(unknown)}; known: {sorted(MODEL_DIMS)}")
+    npz_models = models if npz_models is None else npz_models
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for index in range(shards):
         rng = np.random.default_rng([seed, index])
-        embeddings = {model: make_embeddings(np.random.SeedSequence([seed, index, number]), rows_per_shard,
-                                             MODEL_DIMS[model], _target_similarity(rng, rows_per_shard, model))
-                      for number, model in enumerate(models, start=1)}
+        embeddings, scores = {}, {}
+        for number, model in enumerate(models, start=1):
+            target = _target_similarity(rng, rows_per_shard, model)
+            if model in npz_models:
+                embeddings[model] = make_embeddings(np.random.SeedSequence([seed, index, number]), rows_per_shard,
+                                                    MODEL_DIMS[model], target)
+            scores[model] = embeddings[model][2] if model in embeddings else target
         table = make_metadata(rng, rows_per_shard, face_fraction)
-        for model, (_, _, scores) in embeddings.items():
+        for model, score in scores.items():
             table = table.add_column(table.schema.get_field_index("face_bboxes"),
-                                     f"clip_{model}_similarity_score", pa.array(scores))
+                                     f"clip_{model}_similarity_score", pa.array(score))
         name = f"{index:08d}"
         _save_npz({f"{model}_{kind}": array for model, triple in embeddings.items()
                    for kind, array in zip(("img", "txt"), triple)}, directory / f"{name}.npz")
