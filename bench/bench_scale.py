@@ -18,6 +18,11 @@ Disk: ~5.2 KB of npz per row (B/32 + L/14): 12.8M rows need ~67 GB, so check `df
 everything is deleted at the end. ``--rows 1000000`` takes about 10 minutes here.
 
     .venv/bin/python bench/bench_scale.py [--rows 1000000] [--rows-per-shard 100000] [--workers 2]
+        [--recipes full basic ...] [--models b32] [--clusters K]
+
+The 12.8M figures in README came from
+    bench/bench_scale.py --rows 12800000 --models b32 --clusters 2000 --recipes full no_filter basic laion2b \
+        clip_score_b32_threshold_0.25 clip_score_l14_30pct text_based
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ def main() -> None:
     parser.add_argument("--rows-per-shard", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--recipes", nargs="*", default=[*BASELINES, "full"])
+    parser.add_argument("--clusters", type=int, default=None, help="k of the full recipe's cluster stage (SemDeDup) "
+                        "and of image_based; default rows / 1000")
     parser.add_argument("--models", default="b32,l14", help="embeddings the npz hold (DataComp: b32,l14; both "
                         "score columns are always written); b32 alone needs 40%% of the disk, and skips the recipes "
                         "that read l14 embeddings")
@@ -113,7 +120,7 @@ def main() -> None:
         if "l14" in models:
             with np.load(source / "00000000.npz") as arrays:
                 np.save(work / "targets.npy", arrays["l14_img"][::100].astype(np.float32))
-        clusters = max(10, args.rows // 1000)  # DataComp: 100k clusters for 12.8M (~128 rows each); see README
+        clusters = args.clusters or max(10, args.rows // 1000)  # DataComp image_based: 100k for 12.8M (~128 rows each)
         started = time.perf_counter()
         scores = np.concatenate([pq.read_table(p, columns=["clip_l14_similarity_score"]).column(0).to_numpy()
                                  for p in sorted((work / "pool").glob("*.parquet"))])
