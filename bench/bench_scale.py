@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bare import bare_basic, bare_score  # the same rules as plain scripts
 from bench_score import TreeMemory  # the process-tree memory sampler
 
 BASELINES = ("no_filter", "basic", "laion2b", "clip_score_b32_threshold_0.25", "clip_score_l14_30pct",
@@ -127,6 +128,9 @@ def main() -> None:
         threshold = -np.sort(-scores)[int(len(scores) * 0.3)]
         print(f"bare kernel, top 30% by L/14 score (numpy sort): {time.perf_counter() - started:.2f} s, "
               f"keeps {(scores >= threshold).sum():,}")
+        bare = {"score": bare_score(work / "pool", work / "bare_score", args.workers),
+                "basic": bare_basic(work / "pool", work / "bare_basic", args.workers)}
+        print("bare rules with their own I/O (bench/bare.py): " + ", ".join(f"{k} {v:.1f} s" for k, v in bare.items()))
         results = []
         for name in args.recipes:
             if name == "full":
@@ -136,11 +140,13 @@ def main() -> None:
                     if name.startswith("image_based") else []
                 recipe = load_recipe(Path("jobs/recipes") / f"{name}.yaml", overrides)
             results += run(name, recipe, work / "pool", work / f"run_{name}", args.workers)
-        print(f"{'recipe':<34}{'stage':<15}{'wall s':>9}{'MiB written':>13}{'peak RSS MiB':>14}{'rows out':>12}")
+        print(f"{'recipe':<34}{'stage':<15}{'wall s':>9}{'x bare':>8}{'MiB written':>13}{'peak RSS MiB':>14}"
+              f"{'rows out':>12}")
         for row in results:
             out_rows = f"{row[5]:>12,}" if len(row) > 5 else ""
-            print(f"{row[0]:<34}{row[1]:<15}{row[2]:>9.1f}{row[3] / 2**20:>13,.0f}{row[4] / 2**20:>14,.0f}{out_rows}",
-                  flush=True)
+            ratio = f"{row[2] / bare[row[1]]:>8.1f}" if row[1] in bare else " " * 8
+            print(f"{row[0]:<34}{row[1]:<15}{row[2]:>9.1f}{ratio}{row[3] / 2**20:>13,.0f}{row[4] / 2**20:>14,.0f}"
+                  f"{out_rows}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -4,6 +4,9 @@ Every stage subcommand has the same shape: `curate STAGE --pool POOL --out OUT [
 local|spark] [--set key=value ...]`; it adds the stage's columns under OUT/STAGE/ and selects
 nothing. `curate run RECIPE.yaml` runs a whole recipe and writes the subset.
 
+Path arguments may be URLs (s3://, gs://, hdfs://, or any fsspec protocol): the command works on
+a local mirror (CURATE_CACHE_DIR) and uploads --out after each stage and at the end (curate.remote).
+
 A mistake (a bad recipe, a broken pool shard, a stage failing on some row) prints one line
 naming what and where, and exits with status 2; `--debug` shows the traceback instead.
 """

@@ -168,6 +168,8 @@ def _sync_down(remote, base: str, local: Path, files: dict[str, tuple[int, int]]
         (local / relative).unlink(missing_ok=True)
     fetched, kept = 0, {}
     for relative, (size, remote_mtime) in sorted(files.items()):
+        if relative.startswith("/") or ".." in PurePosixPath(relative).parts:
+            raise RemoteError(f"{base}/{relative}: refused, a key that would land outside the mirror {local}")
         entry = index.get(relative)
         mtime = entry[1] if entry and entry[0] == size and entry[2] == remote_mtime else remote_mtime
         path = local / relative

@@ -198,3 +198,14 @@ def test_a_datacomp_download_on_s3_is_imported_to_s3_and_curated_to_the_golden_s
                  "--out", f"{s3_server}/p6/run", "--workers", "1"]) == 0
     golden = Path(__file__).parent / "golden" / "clip_score_l14_30pct.npy"
     assert read_remote(f"{s3_server}/p6/run/subset.npy") == golden.read_bytes()
+
+
+def test_a_key_that_would_land_outside_the_mirror_is_refused(s3_server, cache, tmp_path, capsys):
+    s3, path = remote.filesystem(f"{s3_server}/p7/pool/00000.parquet")
+    pq.write_table(pq.read_table(write_pool(tmp_path / "pool", [5]) / "00000.parquet"), path, filesystem=s3)
+    import boto3  # a raw key: pyarrow's own client would normalise the dots away
+
+    boto3.client("s3").put_object(Bucket=BUCKET, Key="p7/pool/sub/../../../escaped.txt", Body=b"outside")
+    assert main(["basic", "--pool", f"{s3_server}/p7/pool", "--out", str(tmp_path / "o")]) == 2
+    assert "a key that would land outside the mirror" in capsys.readouterr().err
+    assert not list(cache.rglob("escaped.txt")) and not (cache.parent / "escaped.txt").exists()
