@@ -28,10 +28,12 @@ The 12.8M figures in README came from
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +67,13 @@ def run(name: str, recipe, pool: Path, out: Path, workers: int) -> list[tuple]:
         ends.append((time.perf_counter(), memory.take()))
 
     started = time.perf_counter()
+    out.mkdir(parents=True)
+    pipeline.check_pool(pool, out)  # uids well formed and unique over the pool: cached for run_recipe
+    stage_finished()
     report = pipeline.run_recipe(recipe, pool, out, workers=workers, on_stage=stage_finished)
     seconds, tail_peak = time.perf_counter() - started, memory.stop()
-    rows, previous = [], started
+    (previous, check_peak), ends = ends[0], ends[1:]
+    rows = [(name, "(pool check)", previous - started, 0, check_peak)]
     for stage, (end, peak) in zip(recipe.stage_names, ends):
         rows.append((name, stage, end - previous, size(out / stage), peak))
         previous = end
@@ -139,7 +145,9 @@ def main() -> None:
                 overrides = [f"image_based.targets={work / 'targets.npy'}", f"image_based.clusters={clusters}"] \
                     if name.startswith("image_based") else []
                 recipe = load_recipe(Path("jobs/recipes") / f"{name}.yaml", overrides)
-            results += run(name, recipe, work / "pool", work / f"run_{name}", args.workers)
+            # a fresh interpreter per recipe: its peaks are its own, not what earlier recipes left in this one
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as isolated:
+                results += isolated.submit(run, name, recipe, work / "pool", work / f"run_{name}", args.workers).result()
         print(f"{'recipe':<34}{'stage':<15}{'wall s':>9}{'x bare':>8}{'MiB written':>13}{'peak RSS MiB':>14}"
               f"{'rows out':>12}")
         for row in results:
