@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.engines.plan import shard_key
 from curate.errors import PoolError, RowError, StageError, describe_exception
 from curate.fingerprint import file_signature
 from curate.pool import Shard, read_shard
@@ -100,6 +101,6 @@ def check_shards_unchanged(stage: str, shards: list[Shard], signatures: dict[str
         if not shard.path.is_file():
             raise PoolError(f"{shard.path}: pool shard disappeared while stage {stage} ran; the stage is not "
                             f"marked complete (restore the shard, or re-run on the pool as it is now)")
-        if file_signature(shard.path) != signatures.get(f"pool shard {shard.path.name}"):
+        if file_signature(shard.path) != signatures.get(shard_key(shard.path)):
             raise PoolError(f"{shard.path}: pool shard changed while stage {stage} ran; the stage is not marked "
                             f"complete, and a re-run recomputes it from the shard as it is now")

@@ -126,7 +126,7 @@ def input_signatures(cfg: Any, shards: list[Shard], source_dirs: dict[str, Path]
                      description: dict[str, Any] | None, pool_columns: list[str] | None = None) -> dict[str, str]:
     """Everything a stage reads, by name -> signature: what its fingerprint is made of."""
     inputs = {"config": digest(config_dict(cfg)), "description": digest(description)}
-    inputs.update({f"pool shard {shard.path.name}": file_signature(shard.path) for shard in shards})
+    inputs.update({shard_key(shard.path): file_signature(shard.path) for shard in shards})
     pool_dir = shards[0].path.parent
     if pool_columns and tarindex.image_column(pool_dir) in pool_columns:  # images read from tar shards
         inputs["tar images"] = tarindex.index_signature(pool_dir)
@@ -144,6 +144,10 @@ def input_signatures(cfg: Any, shards: list[Shard], source_dirs: dict[str, Path]
             inputs.update({f"file {field} ({path.name}/{file.name})": file_signature(file)
                            for file in sorted(path.iterdir()) if file.is_file()})
     return inputs
+
+
+def shard_key(path: Path) -> str:
+    return f"pool shard {path.name}"
 
 
 def changes(old: dict[str, str] | None, new: dict[str, str]) -> str:
