@@ -169,3 +169,32 @@ def test_select_reads_nan_as_null_and_keeps_nan_in_the_rows(tmp_path, engine, re
         run_subset(pool, out, [], "score < 0.5 OR score IS NULL", "spark", request.getfixturevalue("spark"))
     kept = pq.read_table(sorted((out / "subset").glob("part-*.parquet"))).column("score").to_pylist()
     assert len(kept) == 5 and sum(v != v for v in kept if v is not None) == 2 and None in kept
+
+
+@pytest.mark.spark
+def test_spark_settings_are_curates_defaults_unless_the_user_set_them(spark):
+    from curate.engines.spark import SQL_DEFAULTS, get_spark
+
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    assert spark.conf.get(key) == SQL_DEFAULTS[key] == "1000000"  # not Spark's 10,000: per-batch costs dominate
+    spark.conf.set(key, "123")  # as spark-submit --conf or spark-defaults.conf would
+    try:
+        assert get_spark().conf.get(key) == "123"
+    finally:
+        spark.conf.set(key, SQL_DEFAULTS[key])
+
+
+@pytest.mark.spark
+def test_spark_stops_a_stage_whose_input_lacks_rows_of_the_pool(tmp_path, spark):
+    """Spark joins inputs by uid starting from an earlier output or sidecar: one that lost a row would
+    silently drop it, so the rows written are checked against the pool's and the stage is not complete."""
+    from curate.errors import PoolError
+    from tests.helpers import planted_embeddings, write_embedding_pool
+
+    pool = write_embedding_pool(tmp_path / "pool", [30, 30], planted_embeddings(60))
+    part = pool / "embeddings" / "b32" / "part-00001.parquet"
+    pq.write_table(pq.read_table(part).slice(1), part)  # the sidecar lacks the shard's first row
+    with pytest.raises(PoolError, match=r"stage cluster: wrote 59 rows, but the pool has 60"):
+        pipeline.run_stage("cluster", parse_recipe({"stages": {"cluster": {"clusters": 2}}, "select": "true"}, "t")
+                           .stages[0][1], pool, tmp_path / "out", engine="spark", spark=spark)
+    assert read_manifest(tmp_path / "out" / "cluster")["status"] == "running"

@@ -30,17 +30,32 @@ import pyarrow.parquet as pq
 from curate import npzlinks, tarindex
 from curate.contract import Stage
 from curate.engines import plan as planning
-from curate.engines.failures import check_shards_unchanged, local_failures, marked, spark_failure
+from curate.engines.failures import check_shards_unchanged, local_failures, spark_failure
+from curate.engines.spark_batches import GROUP_KEY, LOOSE, BatchApply, BatchKey, BatchPartial, group_apply
 from curate.engines.spark_images import with_tar_images
 from curate.engines.spark_links import read_linked
+from curate.errors import PoolError
 from curate.fingerprint import tail_digest
-from curate.pool import Shard, repair_text, scan_shards
+from curate.pool import Shard, scan_shards
 from curate.progress import interval
 from curate.runio import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
 LAYOUT = "spark"
+
+# Spark SQL settings curate uses unless the user set them (--conf, spark-defaults.conf). Arrow batches:
+# Spark hands mapInArrow 10,000 rows at a time by default, and a stage's per-call cost (a fastText call,
+# the matcher's lookups, a histogram) then dominates: on 1M rows, Spark local[2] took 7.2 s for basic
+# against 3.7 s locally, and 3.8 s with batches of up to 1M rows (bench/bench_basic.py, bench_metaclip.py,
+# bench_score.py). maxBytesPerBatch bounds a batch of wide rows (images, embeddings) at 64 MiB.
+SQL_DEFAULTS = {
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "1000000",
+    "spark.sql.execution.arrow.maxBytesPerBatch": str(64 << 20),
+    "spark.sql.parquet.compression.codec": "zstd",
+    "spark.sql.shuffle.partitions": os.environ.get("CURATE_SPARK_SHUFFLE_PARTITIONS", "8"),
+}
 
 
 def get_spark(master: str | None = None, app: str = "curate"):
@@ -59,11 +74,10 @@ def get_spark(master: str | None = None, app: str = "curate"):
         # hostname resolves to
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
-    builder = (builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
-               .config("spark.sql.parquet.compression.codec", "zstd")
-               .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.sql.shuffle.partitions", os.environ.get("CURATE_SPARK_SHUFFLE_PARTITIONS", "8")))
-    spark = builder.getOrCreate()
+    spark = builder.config("spark.ui.showConsoleProgress", "false").getOrCreate()
+    for key, value in SQL_DEFAULTS.items():
+        if spark.conf.get(key, None) is None:  # not set by the user (spark-submit --conf, spark-defaults.conf)
+            spark.conf.set(key, value)
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
@@ -88,17 +102,27 @@ def read_parts(spark, directory: Path):
     return spark.read.parquet(*[str(p) for p in sorted(directory.glob("part-*.parquet"))])
 
 
-def input_frame(spark, plan: planning.Plan, shards: list[Shard], out_dir: Path):
-    """The stage's input columns by uid. A stage that reads one earlier output and nothing of the
-    pool but uid reads that output alone (it has exactly the pool's uids): no join, no shuffle."""
+def joins(plan: planning.Plan, shards: list[Shard]) -> bool:
+    """Whether the stage's input frame is a join by uid (a shuffle each time it is computed)."""
     upstream = [name for name in plan.sources if name != planning.POOL]
-    if plan.sources[planning.POOL] == ["uid"] and len(upstream) == 1:
-        return read_parts(spark, plan.source_dirs[upstream[0]]).select("uid", *plan.sources[upstream[0]])
-    frame = read_pool(spark, shards, plan.sources[planning.POOL])
-    for name, columns in plan.sources.items():
-        if name != planning.POOL:
-            upstream = read_parts(spark, plan.source_dirs[name]).select("uid", *columns)
-            frame = frame.join(upstream, on="uid", how="left")
+    if plan.sources[planning.POOL] == ["uid"]:
+        return len(upstream) > 1
+    return bool(upstream) or tarindex.image_column(shards[0].path.parent) in plan.sources[planning.POOL]
+
+
+def input_frame(spark, plan: planning.Plan, shards: list[Shard], out_dir: Path):
+    """The stage's input columns by uid. A stage that reads nothing of the pool but uid starts from
+    an earlier output or sidecar (each has exactly the pool's uids; ``_run`` checks the row count
+    written) and joins the others to it: one join fewer, none for a single source."""
+    upstream = [name for name in plan.sources if name != planning.POOL]
+    if plan.sources[planning.POOL] == ["uid"] and upstream:
+        frames = [read_parts(spark, plan.source_dirs[name]).select("uid", *plan.sources[name]) for name in upstream]
+    else:
+        frames = [read_pool(spark, shards, plan.sources[planning.POOL])]
+        frames += [read_parts(spark, plan.source_dirs[name]).select("uid", *plan.sources[name]) for name in upstream]
+    frame = frames[0]
+    for other in frames[1:]:
+        frame = frame.join(other, on="uid", how="left")
     return frame
 
 
@@ -145,17 +169,30 @@ def progress_lines(spark, label: str) -> Iterator[None]:
 
 
 def _run(plan: planning.Plan, shards: list[Shard], out_dir: Path, spark) -> dict:
+    from pyspark import StorageLevel
+
     stage, cfg = plan.stage, plan.cfg
     started = time.perf_counter()
     frame = input_frame(spark, plan, shards, out_dir)
     installed = planning.install_frozen(plan)  # a frozen run's artifact, or one a killed run saved
-    artifact = _fit(plan, frame) if stage.fit else installed
-    fit_seconds, started = round(time.perf_counter() - started, 3), time.perf_counter()
-    if stage.group_by is not None:
-        output = _apply_groups(stage, cfg, artifact, frame)
-    else:
-        output = frame.mapInArrow(BatchApply(stage, cfg, artifact), _spark_schema(stage.output_schema()))
-    rows, part_files = write_parts(output, plan.stage_dir)
+    if stage.fit and planning.load_artifact(plan.stage_dir) is None and joins(plan, shards):
+        # computed once per fit pass and once more to apply: keep the joined rows on the executors'
+        # disks instead of joining again each time (dbp at 1M rows: 69 -> 47 s on local[2]; in memory
+        # the default 1 GB heap runs out)
+        frame = frame.persist(StorageLevel.DISK_ONLY)
+    try:
+        artifact = _fit(plan, frame) if stage.fit else installed
+        fit_seconds, started = round(time.perf_counter() - started, 3), time.perf_counter()
+        if stage.group_by is not None:
+            output = _apply_groups(stage, cfg, artifact, frame)
+        else:
+            output = frame.mapInArrow(BatchApply(stage, cfg, artifact), _spark_schema(stage.output_schema()))
+        rows, part_files = write_parts(output, plan.stage_dir)
+    finally:
+        frame.unpersist()
+    if rows != sum(shard.rows for shard in shards):  # a source missing uids of the pool
+        raise PoolError(f"stage {stage.name}: wrote {rows} rows, but the pool has {sum(s.rows for s in shards)}; "
+                        f"an input ({', '.join(map(str, plan.source_dirs.values())) or 'the pool'}) lacks rows of it")
     check_shards_unchanged(stage.name, shards, plan.inputs)
     return write_manifest(plan.stage_dir, **planning.manifest_fields(
         plan, "spark", LAYOUT, "complete", rows=rows, part_files=part_files,
@@ -184,84 +221,16 @@ def _fit(plan: planning.Plan, frame) -> pa.Table:
     return artifact
 
 
-def repaired(table: pa.Table) -> pa.Table:
-    """Invalid UTF-8 in a string column replaced by U+FFFD, as the local engine's pool reader does
-    (Spark hands parquet strings over unchecked), so both engines see the same text."""
-    return repair_text(table, "a Spark batch")
-
-
-class BatchPartial:
-    """mapInArrow function: pass ``number``'s partial of every batch (a picklable value)."""
-
-    def __init__(self, stage: Stage, cfg: Any, number: int, previous: pa.Table | None):
-        self.stage, self.cfg, self.number, self.previous = stage, cfg, number, previous
-
-    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            table = repaired(pa.Table.from_batches([batch]))
-            try:
-                result = self.stage.checked_partial(self.number, table, self.cfg, self.previous)
-            except Exception as error:
-                raise marked(self.stage.name, f"fit pass {self.stage.fit.passes[self.number].name}", table, error) from None
-            yield from result.to_batches()
-
-
-class BatchApply:
-    """mapInArrow function: the stage's apply on every batch."""
-
-    def __init__(self, stage: Stage, cfg: Any, artifact: pa.Table | None):
-        self.stage, self.cfg, self.artifact = stage, cfg, artifact
-
-    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            yield from self.apply(repaired(pa.Table.from_batches([batch]))).to_batches()
-
-    def apply(self, table: pa.Table, step: str = "apply") -> pa.Table:
-        try:
-            return self.stage.checked_apply(table, self.cfg, self.artifact)
-        except Exception as error:
-            raise marked(self.stage.name, step, table, error) from None
-
-
-class BatchKey(BatchApply):
-    """mapInArrow function: each row's group key appended as GROUP_KEY."""
-
-    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            table = repaired(pa.Table.from_batches([batch]))
-            try:
-                key = self.stage.group_by(self.stage.input_columns(table, self.cfg), self.cfg, self.artifact)
-            except Exception as error:
-                raise marked(self.stage.name, "group_by", table, error) from None
-            yield from table.append_column(GROUP_KEY, pa.chunked_array([key]).cast(pa.int64())).to_batches()
-
-
-def group_apply(stage: Stage, cfg: Any, artifact: pa.Table | None):
-    """applyInArrow function: the stage's apply on one group's rows. A plain function (cloudpickle
-    ships it with its closure): Spark reads its signature and type hints to choose how to call it."""
-    batch = BatchApply(stage, cfg, artifact)
-
-    def apply_group(table: pa.Table) -> pa.Table:
-        return batch.apply(table.drop_columns([GROUP_KEY]), "apply to a group")
-
-    return apply_group
-
-
-GROUP_KEY = "_group"
-
-
 def _apply_groups(stage: Stage, cfg: Any, artifact: pa.Table | None, frame):
-    """Per-group apply: key each row (mapInArrow), rows with a null key through mapInArrow,
-    the others through groupBy(key).applyInArrow, one call per group with all its rows."""
-    from pyspark.sql import functions as F
-    from pyspark.sql.types import LongType, StructField, StructType
+    """Per-group apply: key each row (mapInArrow), then groupBy(loose, key).applyInArrow, one call per
+    group with all its rows and one per batch of rows that belong to no group (BatchKey): the input
+    is computed once and shuffled once."""
+    from pyspark.sql.types import BooleanType, LongType, StructField, StructType
 
-    keyed = frame.mapInArrow(BatchKey(stage, cfg, artifact), StructType([*frame.schema.fields,
-                                                                         StructField(GROUP_KEY, LongType())]))
-    schema = _spark_schema(stage.output_schema())
-    loose = keyed.filter(F.col(GROUP_KEY).isNull()).drop(GROUP_KEY).mapInArrow(BatchApply(stage, cfg, artifact), schema)
-    grouped = keyed.filter(F.col(GROUP_KEY).isNotNull()).groupBy(GROUP_KEY).applyInArrow(group_apply(stage, cfg, artifact), schema)
-    return grouped.unionByName(loose)
+    keyed = frame.mapInArrow(BatchKey(stage, cfg, artifact), StructType([
+        *frame.schema.fields, StructField(GROUP_KEY, LongType()), StructField(LOOSE, BooleanType())]))
+    return keyed.groupBy(LOOSE, GROUP_KEY).applyInArrow(group_apply(stage, cfg, artifact),
+                                                        _spark_schema(stage.output_schema()))
 
 
 def _spark_schema(schema: pa.Schema):

@@ -1,0 +1,94 @@
+"""The functions the Spark engine runs in Spark's Python workers (mapInArrow, applyInArrow): a stage's
+fit partials, its apply per batch, and its per-group apply (key every row, then one shuffle).
+They are picklable values holding the Stage itself and its config; failures name the stage, the
+step and the row (curate.engines.failures.marked)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.contract import Stage
+from curate.engines.failures import marked
+from curate.pool import repair_text
+
+
+def repaired(table: pa.Table) -> pa.Table:
+    """Invalid UTF-8 in a string column replaced by U+FFFD, as the local engine's pool reader does
+    (Spark hands parquet strings over unchecked), so both engines see the same text."""
+    return repair_text(table, "a Spark batch")
+
+
+class BatchPartial:
+    """mapInArrow function: pass ``number``'s partial of every batch (a picklable value)."""
+
+    def __init__(self, stage: Stage, cfg: Any, number: int, previous: pa.Table | None):
+        self.stage, self.cfg, self.number, self.previous = stage, cfg, number, previous
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            table = repaired(pa.Table.from_batches([batch]))
+            try:
+                result = self.stage.checked_partial(self.number, table, self.cfg, self.previous)
+            except Exception as error:
+                raise marked(self.stage.name, f"fit pass {self.stage.fit.passes[self.number].name}", table, error) from None
+            yield from result.to_batches()
+
+
+class BatchApply:
+    """mapInArrow function: the stage's apply on every batch."""
+
+    def __init__(self, stage: Stage, cfg: Any, artifact: pa.Table | None):
+        self.stage, self.cfg, self.artifact = stage, cfg, artifact
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield from self.apply(repaired(pa.Table.from_batches([batch]))).to_batches()
+
+    def apply(self, table: pa.Table, step: str = "apply") -> pa.Table:
+        try:
+            return self.stage.checked_apply(table, self.cfg, self.artifact)
+        except Exception as error:
+            raise marked(self.stage.name, step, table, error) from None
+
+
+class BatchKey(BatchApply):
+    """mapInArrow function: each row's group key appended as GROUP_KEY, and LOOSE: whether the row
+    belongs to no group (a null key). A loose row is keyed by its input batch instead (task partition
+    and batch number), so the loose rows of one batch form one group of their own: apply sees them as
+    it would any batch, and every row goes through the same single shuffle."""
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        partition = context.partitionId() if context is not None else 0
+        for number, batch in enumerate(batches):
+            table = repaired(pa.Table.from_batches([batch]))
+            try:
+                key = self.stage.group_by(self.stage.input_columns(table, self.cfg), self.cfg, self.artifact)
+            except Exception as error:
+                raise marked(self.stage.name, "group_by", table, error) from None
+            key = pa.chunked_array([key]).cast(pa.int64())
+            loose = pc.is_null(key)
+            key = pc.fill_null(key, (partition << 32) + number)
+            yield from table.append_column(GROUP_KEY, key).append_column(LOOSE, loose).to_batches()
+
+
+def group_apply(stage: Stage, cfg: Any, artifact: pa.Table | None):
+    """applyInArrow function: the stage's apply on one group's rows (or one batch's loose rows). A plain
+    function (cloudpickle ships it with its closure): Spark reads its signature and type hints to
+    choose how to call it."""
+    batch = BatchApply(stage, cfg, artifact)
+
+    def apply_group(table: pa.Table) -> pa.Table:
+        loose = table.num_rows > 0 and table.column(LOOSE)[0].as_py()
+        return batch.apply(table.drop_columns([GROUP_KEY, LOOSE]), "apply" if loose else "apply to a group")
+
+    return apply_group
+
+
+GROUP_KEY, LOOSE = "_group", "_loose"
