@@ -27,6 +27,7 @@ import json
 import multiprocessing
 import resource
 import shutil
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -36,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from spark_session import warm_session
 
 from curate import pipeline
 from curate.kernels.balancing import keep_probability, sampling_probabilities
@@ -140,10 +142,8 @@ def run_engine(engine: str, pool: Path, out: Path, metadata: Path, cores: int) -
     recipe = parse_recipe({"stages": {"metaclip": {"metadata": str(metadata)}}, "select": "true"}, "b")
     spark = None
     if engine == "spark":
-        from curate.engines.spark import get_spark
-
-        spark = get_spark(f"local[{cores}]")
-        spark.range(1).count()  # start the JVM outside the timing
+        spark, session = warm_session(cores)  # started and warmed up outside the timing
+        print(f"Spark session: {session}", file=sys.stderr)
     started = time.perf_counter()
     for stage, cfg in recipe.stages:  # metaclip_match (per row), then metaclip (counts, balance)
         pipeline.run_stage(stage, cfg, pool, out, engine=engine, workers=cores, spark=spark)

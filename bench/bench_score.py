@@ -9,7 +9,8 @@ size at fork, and Spark's JVM is never waited for.)
 - baseline: what DataComp's ``get_threshold`` does, in one process: load every score, full
   numpy sort, ``-np.sort(-scores)[int(N * f)]``, then ``scores >= threshold``;
 - local: the score stage on the local engine (2 fit passes of 16-bit histograms + apply);
-- spark: the same stage on Spark local[CORES];
+- spark: the same stage on Spark local[CORES], in a session started and warmed up before the timing
+  (bench/spark_session.py; both printed apart);
 - local_threshold: the stage with a fixed threshold instead (its fit passes return at once):
   the same reads, apply and writes, so local - local_threshold is what exactness costs;
 - with --scaling, baseline and local again on N / 5 rows in shards of the same size: the
@@ -107,7 +108,12 @@ def _rss_pages(pid: int) -> int:
 def run_variant(variant: str, pool: Path, out: Path, fraction: float, cores: int) -> dict:
     """Inside the fresh process: run one variant, return seconds, threshold, kept, memory."""
     memory = TreeMemory()
-    started = time.perf_counter()
+    started, spark, session = time.perf_counter(), None, {}
+    if variant == "spark":  # started and warmed up outside the timing (bench/spark_session.py), said apart
+        from spark_session import warm_session
+
+        spark, session = warm_session(cores)
+        started = time.perf_counter()
     if variant == "baseline":
         scores = np.concatenate([pq.read_table(p, columns=[SCORE]).column(SCORE).to_numpy()
                                  for p in sorted(pool.glob("*.parquet"))])
@@ -120,21 +126,16 @@ def run_variant(variant: str, pool: Path, out: Path, fraction: float, cores: int
         rule = {"fraction": None, "threshold": 0.25} if variant == "local_threshold" else {"fraction": fraction}
         cfg = parse_recipe({"stages": {"score": {"score_column": SCORE, **rule}}, "select": "score_keep"},
                            "bench").stages[0][1]
-        spark = None
-        if variant == "spark":
-            from curate.engines.spark import get_spark
-
-            spark = get_spark(f"local[{cores}]")
         engine = "spark" if variant == "spark" else "local"
         manifest = pipeline.run_stage("score", cfg, pool, out, engine=engine, workers=cores, spark=spark)
         artifact = pq.read_table(out / "score" / "_artifact.parquet").to_pylist()[0]
         threshold, kept = artifact["threshold"], artifact["selected"]
         assert manifest["rows"] == sum(pq.ParquetFile(p).metadata.num_rows for p in pool.glob("*.parquet"))
-        if spark is not None:
-            spark.stop()
     seconds = time.perf_counter() - started
+    if spark is not None:
+        spark.stop()
     return {"seconds": round(seconds, 2), "threshold": float(threshold), "kept": kept,
-            "peak_tree_rss_mib": round(memory.stop() / 2**20, 1)}
+            "peak_tree_rss_mib": round(memory.stop() / 2**20, 1), **session}
 
 
 def spawn(variant: str, pool: Path, out: Path, fraction: float, cores: int) -> dict:
@@ -186,6 +187,7 @@ def main() -> None:
         if name == "local_threshold":  # another rule: its threshold and count are not comparable
             del result["threshold"], result["kept"]
         result["time_vs_baseline"] = round(result["seconds"] / base["seconds"], 2)
+        result["time_vs_local"] = round(result["seconds"] / results["local"]["seconds"], 2)
         result["tree_memory_vs_baseline"] = round(result["peak_tree_rss_mib"] / base["peak_tree_rss_mib"], 2)
     print(json.dumps({"rows": args.rows, "shards": args.shards, "fraction": args.fraction, "cores": args.cores,
                       "threshold": base["threshold"], "kept": base["kept"], "results": results}, indent=2))
