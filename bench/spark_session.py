@@ -18,10 +18,6 @@ import numpy as np
 import pyarrow as pa
 
 
-def _identity(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    yield from batches
-
-
 def warm_session(cores: int, app: str = "curate-bench"):
     """(session, {"session_start_seconds", "warmup_seconds"}): a local[cores] session that has run a
     parquet -> mapInArrow -> shuffle -> parquet job through its Python workers."""
@@ -31,11 +27,14 @@ def warm_session(cores: int, app: str = "curate-bench"):
     spark = get_spark(f"local[{cores}]", app=app)
     spark.range(1).count()
     start_seconds, started = time.perf_counter() - started, time.perf_counter()
+    def identity(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:  # nested: pickled by value
+        yield from batches
+
     rows = 200_000
     frame = spark.createDataFrame(pa.table({"key": np.arange(rows) % 97, "value": np.random.default_rng(0).random(rows)}))
     with tempfile.TemporaryDirectory(prefix="curate-bench-warmup-") as scratch:
         frame.write.mode("overwrite").parquet(f"{scratch}/a")
         read = spark.read.parquet(f"{scratch}/a")
-        read.mapInArrow(_identity, read.schema).groupBy("key").count().write.mode("overwrite").parquet(f"{scratch}/b")
+        read.mapInArrow(identity, read.schema).groupBy("key").count().write.mode("overwrite").parquet(f"{scratch}/b")
     return spark, {"session_start_seconds": round(start_seconds, 2),
                    "warmup_seconds": round(time.perf_counter() - started, 2)}

@@ -102,27 +102,39 @@ def fit_clusters(vectors: np.ndarray, clusters: int, *, iterations: int, seed: i
                                 max_points_per_centroid=max_points_per_centroid))
 
 
-def assign(vectors: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def assign(vectors: np.ndarray, centroids: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Per row: nearest centroid id (int32; largest dot product, lowest id on exact ties) and the
-    dot product (float32). Rows must be finite (callers drop unusable rows first)."""
+    dot product (float32). Rows must be finite (callers drop unusable rows first). ``device``: where
+    the float32 scores are computed ("cpu": numpy; a torch device such as "cuda": curate.kernels.kmeans_torch);
+    the float64 decision is the same on every device, and so are the results."""
     vectors, centroids = np.asarray(vectors, np.float32), np.asarray(centroids, np.float32)
     ids = np.empty(len(vectors), dtype=np.int32)
     sims = np.empty(len(vectors), dtype=np.float32)
     # |float32 dot - exact| <= d * eps * |v| * |c| per score; twice that between two scores
     scale = 4 * vectors.shape[1] * np.finfo(np.float32).eps * max(1.0, float(np.linalg.norm(centroids, axis=1).max(initial=0)))
-    step = max(1, CHUNK_ELEMENTS // max(1, len(centroids)))
+    if device == "cpu":
+        step, candidates_of = max(1, CHUNK_ELEMENTS // max(1, len(centroids))), lambda chunk: _candidates(chunk, centroids, scale)
+    else:
+        from curate.kernels.kmeans_torch import Candidates
+
+        candidates_of = Candidates(centroids, scale, device)
+        step = candidates_of.step
     for start in range(0, len(vectors), step):
         chunk = vectors[start:start + step]
-        scores = chunk @ centroids.T
-        bound = (scale * np.maximum(1.0, np.linalg.norm(chunk, axis=1))).astype(np.float32)[:, None]
-        close = scores >= scores.max(axis=1, keepdims=True) - bound
-        rows, candidates = np.nonzero(close)
+        rows, candidates = candidates_of(chunk)
         exact = np.einsum("ij,ij->i", chunk[rows].astype(np.float64), centroids[candidates].astype(np.float64))
         order = np.lexsort((candidates, -exact, rows))  # per row: largest, then lowest id
         first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
         ids[start:start + len(chunk)] = candidates[first]
         sims[start:start + len(chunk)] = exact[first]
     return ids, sims
+
+
+def _candidates(chunk: np.ndarray, centroids: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The (row, centroid) pairs whose float32 score is within the rounding bound of the row's best."""
+    scores = chunk @ centroids.T
+    bound = (scale * np.maximum(1.0, np.linalg.norm(chunk, axis=1))).astype(np.float32)[:, None]
+    return np.nonzero(scores >= scores.max(axis=1, keepdims=True) - bound)
 
 
 def centroid_column(centroids: np.ndarray) -> pa.FixedSizeListArray:

@@ -14,6 +14,12 @@ of multimodal datasets"; mlfoundations/datacomp ``baselines/image_based_clusteri
    uniform (curate.uid.uid_uniform) is below ``sample_fraction`` (DataComp: all rows of small
    and medium, 0.3 of large, 0.03 of xlarge), keyed by uid, so the engines' merge is an identity
    and hands ``finalize`` the sample in uid order whatever the partitioning.
+   On 2 CPU cores faiss needs days at k = 100,000 on 12.8M rows (the fit logs its projected time and,
+   over an hour, the faster settings). ``kmeans: torch`` trains with curate's Lloyd k-means on
+   ``device`` (a GPU: curate.kernels.kmeans_torch) instead: the same algorithm and settings, but its
+   own initial draw and float32 reductions, so its centroids (and the subset) are not DataComp's
+   byte for byte. Each row's nearest centroid is scored on ``device`` too (a GPU when torch sees one);
+   that assignment is exact, so it gives the same ids on every device.
 3. Targets: the centroid nearest (largest dot product) to each target embedding. DataComp's
    targets are the ImageNet-1k training images embedded by the same model; offline, any
    (n, dim) set from the same model, e.g. the text embeddings of the ImageNet class prompts,
@@ -45,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +60,7 @@ import pyarrow as pa
 
 from curate.contract import Fit, Pass, Stage, file_field
 from curate.errors import RecipeError
-from curate.kernels import kmeans
+from curate.kernels import kmeans, kmeans_torch
 from curate.kernels.embeddings import as_fixed_size, check_embeddings, decode, embedding_columns
 from curate.kernels.rules import char_lengths, decide, is_null
 from curate.kernels.vectors import embedding_matrix
@@ -81,6 +88,10 @@ class ImageBasedConfig:
     min_tokens_exclusive: int = 1       # len(fasttext.tokenize(text)) > 1
     min_chars_exclusive: int = 5        # len(text) > 5
     random_weights_ok: bool = False     # accept embeddings made with random weights (recipe: random_weights)
+    kmeans: str = "faiss"               # "faiss": faiss' k-means on the CPU, DataComp's own centroids; "torch":
+    #                                     curate's Lloyd k-means on `device` (a GPU; curate.kernels.kmeans_torch)
+    device: str = "auto"                # where "torch" trains and where each row's nearest centroid is scored
+    #                                     (the same ids on every device); auto: a GPU when torch sees one
 
     def __post_init__(self):
         if self.targets is None:
@@ -90,6 +101,8 @@ class ImageBasedConfig:
             raise RecipeError(f"image_based: targets file {self.targets} does not exist")
         if not 0.0 < self.sample_fraction <= 1.0 or self.clusters < 1 or self.iterations < 1:
             raise RecipeError("image_based: need 0 < sample_fraction <= 1, clusters >= 1, iterations >= 1")
+        if self.kmeans not in ("faiss", "torch"):
+            raise RecipeError(f"image_based: kmeans is 'faiss' or 'torch', not {self.kmeans!r}")
 
 
 def fasttext_token_counts(texts: list[str | None]) -> np.ndarray:
@@ -154,14 +167,45 @@ def fit_clusters(merged: pa.Table, cfg: ImageBasedConfig, previous: None = None)
     if len(vectors) < cfg.clusters:
         raise RecipeError(f"image_based: {len(vectors)} training embeddings for {cfg.clusters} clusters; lower "
                           f"image_based.clusters or raise image_based.sample_fraction")
-    log.info("image_based: k-means with %d clusters on %d embeddings", cfg.clusters, len(vectors))
-    centroids = kmeans.train(vectors, cfg.clusters, iterations=cfg.iterations, seed=cfg.seed, spherical=cfg.spherical,
-                             max_points_per_centroid=max(len(vectors), 1))  # DataComp: no subsampling
+    device = kmeans_torch.resolve(cfg.device)
+    where = device if cfg.kmeans == "torch" else "cpu (faiss)"
+    log_projection(vectors, cfg, where)
+    if cfg.kmeans == "torch":
+        centroids = kmeans_torch.train(vectors, cfg.clusters, iterations=cfg.iterations, seed=cfg.seed,
+                                       spherical=cfg.spherical, device=device)
+    else:
+        centroids = kmeans.train(vectors, cfg.clusters, iterations=cfg.iterations, seed=cfg.seed, spherical=cfg.spherical,
+                                 max_points_per_centroid=max(len(vectors), 1))  # DataComp: no subsampling
     targets = load_targets(cfg.targets, centroids.shape[1])
-    target_clusters = np.bincount(kmeans.assign(targets, centroids)[0], minlength=cfg.clusters)
+    target_clusters = np.bincount(kmeans.assign(targets, centroids, device)[0], minlength=cfg.clusters)
     log.info("image_based: %d target embeddings fall in %d of %d clusters", len(targets),
              int((target_clusters > 0).sum()), cfg.clusters)
     return pa.table({"centroid": kmeans.centroid_column(centroids), "targets": pa.array(target_clusters, pa.int64())})
+
+
+def log_projection(vectors: np.ndarray, cfg: ImageBasedConfig, where: str) -> float:
+    """Log (and return) the k-means' expected seconds: n.k.d multiply-adds per iteration, at the rate
+    this machine's BLAS scores one block of the sample (an estimate: faiss trains on one thread). Over
+    an hour, it says how to cut it: a GPU, a smaller sample (DataComp: 0.3 for large, 0.03 for xlarge),
+    or fewer clusters."""
+    count, dim = vectors.shape
+    block = vectors[:max(1, min(count, (1 << 24) // max(1, min(cfg.clusters, count))))]
+    started = time.perf_counter()
+    block @ vectors[:min(cfg.clusters, count)].T
+    rate = block.size * min(cfg.clusters, count) / max(time.perf_counter() - started, 1e-9)  # multiply-adds/s
+    seconds = count * cfg.clusters * dim * cfg.iterations / rate
+    log.info("image_based: k-means of %d x %d into %d clusters, %d iterations, on %s: about %s (%.1f Gflop/s here)",
+             count, dim, cfg.clusters, cfg.iterations, where, duration(seconds), 2 * rate / 1e9)
+    if seconds > 3600 and where.startswith("cpu"):
+        log.warning("image_based: that is %s on this CPU. Faster: image_based.kmeans=torch with device=cuda on a "
+                    "GPU machine; or image_based.sample_fraction=%g (DataComp uses 0.3 for large and 0.03 for "
+                    "xlarge), which trains on fewer rows; or fewer image_based.clusters", duration(seconds),
+                    min(cfg.sample_fraction, 0.1))
+    return seconds
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def apply(table: pa.Table, cfg: ImageBasedConfig, artifact: pa.Table | None) -> pa.Table:
@@ -174,7 +218,7 @@ def apply(table: pa.Table, cfg: ImageBasedConfig, artifact: pa.Table | None) -> 
     if vectors.shape[1] and vectors.shape[1] != centroids.shape[1]:
         raise RecipeError(f"image_based: {name} has dimension {vectors.shape[1]}, the centroids {centroids.shape[1]}")
     cluster = np.zeros(table.num_rows, dtype=np.int64)
-    cluster[usable] = kmeans.assign(vectors[usable], centroids)[0]
+    cluster[usable] = kmeans.assign(vectors[usable], centroids, kmeans_torch.resolve(cfg.device))[0]
     is_target = artifact.column("targets").to_numpy()[cluster] > 0
     checks = [*caption_checks(table, cfg), *problems, ("not_target_cluster", usable & ~is_target)]
     keep, reason = decide(checks, table.num_rows)
