@@ -7,8 +7,11 @@ collect -> finalize. No scheduler or shuffle of our own.
 
 A stage is written to a temporary directory and moved into OUT/<stage>/ as
 part-NNNNN.parquet only when the Spark job has succeeded, then marked complete; a failed or
-killed job leaves nothing a later stage would read. Within a job, Spark's task retries are
-the resume mechanism; a completed stage is skipped on re-run.
+killed job leaves nothing a later stage would read. A per-batch apply's tasks write their own
+files with pyarrow (spark_batches.BatchWrite) and the driver moves only those its successful
+task attempts reported; a per-group apply goes through Spark's writer. Within a job, Spark's
+task retries are the resume mechanism; a completed stage is skipped on re-run. Input frames:
+spark_inputs; the functions run in Python workers: spark_batches.
 """
 
 from __future__ import annotations
@@ -27,13 +30,20 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import npzlinks, tarindex
 from curate.contract import Stage
 from curate.engines import plan as planning
-from curate.engines.failures import check_shards_unchanged, local_failures, spark_failure
-from curate.engines.spark_batches import GROUP_KEY, LOOSE, BatchApply, BatchKey, BatchPartial, group_apply
-from curate.engines.spark_images import with_tar_images
-from curate.engines.spark_links import read_linked
+from curate.engines.failures import MARKER, check_shards_unchanged, local_failures, spark_failure
+from curate.engines.spark_batches import (
+    GROUP_KEY,
+    LOOSE,
+    WRITTEN,
+    BatchApply,
+    BatchKey,
+    BatchPartial,
+    BatchWrite,
+    group_apply,
+)
+from curate.engines.spark_inputs import input_frame, joins
 from curate.errors import PoolError
 from curate.fingerprint import tail_digest
 from curate.pool import Shard, scan_shards
@@ -80,50 +90,6 @@ def get_spark(master: str | None = None, app: str = "curate"):
             spark.conf.set(key, value)
     spark.sparkContext.setLogLevel("ERROR")
     return spark
-
-
-def read_pool(spark, shards: list[Shard], columns: list[str] | None = None):
-    """The pool's columns; an image column kept in tar shards (curate.tarindex) is read by each task
-    from the tars after a join of the index's locations (``with_tar_images``)."""
-    frame = spark.read.parquet(*[str(s.path) for s in shards])
-    virtual = tarindex.image_column(shards[0].path.parent)
-    if virtual is None or virtual in frame.columns or (columns is not None and virtual not in columns):
-        return frame.select(*columns) if columns is not None else frame
-    wanted = columns or [*frame.columns, virtual]
-    names = [c for c in wanted if c != virtual]
-    return with_tar_images(spark, frame.select(*dict.fromkeys(["uid", *names])), shards).select(*wanted)
-
-
-def read_parts(spark, directory: Path):
-    """A stage's or sidecar's data files only (part-*.parquet), not artifacts beside them; a sidecar
-    linked to npz files (curate.npzlinks) is read from them in place."""
-    if npzlinks.links(directory):
-        return read_linked(spark, directory)
-    return spark.read.parquet(*[str(p) for p in sorted(directory.glob("part-*.parquet"))])
-
-
-def joins(plan: planning.Plan, shards: list[Shard]) -> bool:
-    """Whether the stage's input frame is a join by uid (a shuffle each time it is computed)."""
-    upstream = [name for name in plan.sources if name != planning.POOL]
-    if plan.sources[planning.POOL] == ["uid"]:
-        return len(upstream) > 1
-    return bool(upstream) or tarindex.image_column(shards[0].path.parent) in plan.sources[planning.POOL]
-
-
-def input_frame(spark, plan: planning.Plan, shards: list[Shard], out_dir: Path):
-    """The stage's input columns by uid. A stage that reads nothing of the pool but uid starts from
-    an earlier output or sidecar (each has exactly the pool's uids; ``_run`` checks the row count
-    written) and joins the others to it: one join fewer, none for a single source."""
-    upstream = [name for name in plan.sources if name != planning.POOL]
-    if plan.sources[planning.POOL] == ["uid"] and upstream:
-        frames = [read_parts(spark, plan.source_dirs[name]).select("uid", *plan.sources[name]) for name in upstream]
-    else:
-        frames = [read_pool(spark, shards, plan.sources[planning.POOL])]
-        frames += [read_parts(spark, plan.source_dirs[name]).select("uid", *plan.sources[name]) for name in upstream]
-    frame = frames[0]
-    for other in frames[1:]:
-        frame = frame.join(other, on="uid", how="left")
-    return frame
 
 
 def run_stage(stage: Stage, cfg: Any, pool_dir: Path, out_dir: Path, *, spark=None, frozen: Path | None = None) -> dict:
@@ -184,10 +150,9 @@ def _run(plan: planning.Plan, shards: list[Shard], out_dir: Path, spark) -> dict
         artifact = _fit(plan, frame) if stage.fit else installed
         fit_seconds, started = round(time.perf_counter() - started, 3), time.perf_counter()
         if stage.group_by is not None:
-            output = _apply_groups(stage, cfg, artifact, frame)
+            rows, part_files = write_parts(_apply_groups(stage, cfg, artifact, frame), plan.stage_dir)
         else:
-            output = frame.mapInArrow(BatchApply(stage, cfg, artifact), _spark_schema(stage.output_schema()))
-        rows, part_files = write_parts(output, plan.stage_dir)
+            rows, part_files = write_task_parts(frame, BatchApply(stage, cfg, artifact), plan.stage_dir)
     finally:
         frame.unpersist()
     if rows != sum(shard.rows for shard in shards):  # a source missing uids of the pool
@@ -201,24 +166,39 @@ def _run(plan: planning.Plan, shards: list[Shard], out_dir: Path, spark) -> dict
 
 
 def _fit(plan: planning.Plan, frame) -> pa.Table:
-    from pyspark.sql import functions as F
-
+    """The fit passes over ``frame``, without its uid column unless the stage reads uids (as on the local
+    engine: decoding 32-character uids costs far more than the columns a fit reads). A pass that fails
+    without uids runs again with them, so its error names the failing row."""
     artifact = planning.load_artifact(plan.stage_dir)
     if artifact is not None:
         return artifact
     stage, cfg = plan.stage, plan.cfg
+    lean = frame if "uid" in stage.reads(cfg) else frame.drop("uid")
     for number, step in enumerate(stage.fit.passes):
-        partials = frame.mapInArrow(BatchPartial(stage, cfg, number, artifact), _spark_schema(step.schema))
-        merged = partials.groupBy(*step.keys).agg(*[F.sum(c).alias(c) for c in step.sums()])
-        having = step.having(cfg) if step.having else None
-        if having:
-            merged = merged.filter(F.expr(having))
-        merged = merged.orderBy(*step.keys) if step.keys else merged
-        table = merged.toArrow().select(step.schema.names).cast(step.schema)
+        try:
+            table = _fit_pass(plan, lean, number, artifact)
+        except Exception as error:
+            if lean is frame or MARKER not in str(error):
+                raise
+            table = _fit_pass(plan, frame, number, artifact)  # raises again, naming the row
         with local_failures(stage.name, f"fit pass {step.name}: finalize", plan.stage_dir):
             artifact = step.finalize(table, cfg, artifact)
     planning.save_artifact(plan, artifact)
     return artifact
+
+
+def _fit_pass(plan: planning.Plan, frame, number: int, previous: pa.Table | None) -> pa.Table:
+    """Pass ``number``'s partials of every batch, summed by its keys, in key order."""
+    from pyspark.sql import functions as F
+
+    stage, cfg, step = plan.stage, plan.cfg, plan.stage.fit.passes[number]
+    partials = frame.mapInArrow(BatchPartial(stage, cfg, number, previous), _spark_schema(step.schema))
+    merged = partials.groupBy(*step.keys).agg(*[F.sum(c).alias(c) for c in step.sums()])
+    having = step.having(cfg) if step.having else None
+    if having:
+        merged = merged.filter(F.expr(having))
+    merged = merged.orderBy(*step.keys) if step.keys else merged
+    return merged.toArrow().select(step.schema.names).cast(step.schema)
 
 
 def _apply_groups(stage: Stage, cfg: Any, artifact: pa.Table | None, frame):
@@ -243,14 +223,33 @@ def write_parts(frame, target_dir: Path) -> tuple[int, dict[str, list]]:
     """Write a DataFrame as parquet into target_dir/part-NNNNN.parquet, only once Spark's job
     has succeeded (write to a temporary directory, then move the files in); the rows and, per
     part file, its size and footer digest (the manifest's ``part_files``)."""
+    tmp_dir = _scratch(target_dir)
+    frame.write.mode("overwrite").parquet(str(tmp_dir))
+    return _move_parts(tmp_dir, sorted(tmp_dir.glob("part-*.parquet")), target_dir)
+
+
+def write_task_parts(frame, apply: BatchApply, target_dir: Path) -> tuple[int, dict[str, list]]:
+    """``write_parts`` of a per-batch apply whose tasks write their own files (BatchWrite): only the files
+    the job's successful task attempts reported are moved in (a failed or duplicate attempt's are not)."""
+    tmp_dir = _scratch(target_dir)
+    tmp_dir.mkdir(parents=True)
+    writer = BatchWrite(apply.stage, apply.cfg, apply.artifact, str(tmp_dir))
+    written = frame.mapInArrow(writer, _spark_schema(WRITTEN)).toArrow()
+    return _move_parts(tmp_dir, [tmp_dir / name for name in sorted(written.column("file").to_pylist())], target_dir)
+
+
+def _scratch(target_dir: Path) -> Path:
     tmp_dir = target_dir.parent / f".{target_dir.name}.spark-tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    frame.write.mode("overwrite").parquet(str(tmp_dir))
+    return tmp_dir
+
+
+def _move_parts(tmp_dir: Path, paths: list[Path], target_dir: Path) -> tuple[int, dict[str, list]]:
     target_dir.mkdir(parents=True, exist_ok=True)
     for old in target_dir.glob("part-*.parquet"):
         old.unlink()
     rows, part_files = 0, {}
-    for index, path in enumerate(sorted(tmp_dir.glob("part-*.parquet"))):
+    for index, path in enumerate(paths):
         rows += pq.ParquetFile(path).metadata.num_rows
         target = target_dir / f"part-{index:05d}.parquet"
         os.replace(path, target)

@@ -6,14 +6,17 @@ step and the row (curate.engines.failures.marked)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from curate.contract import Stage
 from curate.engines.failures import marked
 from curate.pool import repair_text
+from curate.runio import atomic_path
 
 
 def repaired(table: pa.Table) -> pa.Table:
@@ -92,3 +95,39 @@ def group_apply(stage: Stage, cfg: Any, artifact: pa.Table | None):
 
 
 GROUP_KEY, LOOSE = "_group", "_loose"
+
+
+class BatchWrite(BatchApply):
+    """mapInArrow function: the stage's apply on every batch of a task, written by the task itself (pyarrow,
+    as the local engine writes) into one parquet file in ``directory``, named by partition, attempt and a
+    random suffix, so a retried or speculative attempt never touches another's file; yields one row per
+    file (its name and rows). The driver moves only the files its job's successful tasks reported
+    (``spark.write_task_parts``): the output rows never go back through the JVM."""
+
+    def __init__(self, stage: Stage, cfg: Any, artifact: pa.Table | None, directory: str):
+        super().__init__(stage, cfg, artifact)
+        self.directory = directory
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import itertools
+        import uuid
+
+        from pyspark import TaskContext
+
+        batches = iter(batches)
+        first = next(batches, None)
+        if first is None:  # an empty task writes no file
+            return
+        context = TaskContext.get()
+        partition, attempt = (context.partitionId(), context.attemptNumber()) if context is not None else (0, 0)
+        name = f"part-{partition:05d}-{attempt}-{uuid.uuid4().hex[:12]}.parquet"
+        schema, rows = self.stage.output_schema(), 0
+        with atomic_path(Path(self.directory) / name) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for batch in itertools.chain([first], batches):
+                output = self.apply(repaired(pa.Table.from_batches([batch]))).select(schema.names).cast(schema)
+                writer.write_table(output)
+                rows += output.num_rows
+        yield pa.RecordBatch.from_pydict({"file": [name], "rows": [rows]}, schema=WRITTEN)
+
+
+WRITTEN = pa.schema([("file", pa.string()), ("rows", pa.int64())])

@@ -163,15 +163,16 @@ def _subset_spark(pool_dir: Path, out_dir: Path, stage_names: list[str], select:
                   fields: dict) -> tuple[int, int, str]:
     from curate.engines import spark as spark_engine
     from curate.engines.spark_images import with_tar_images
+    from curate.engines.spark_inputs import read_parts, read_pool
 
     write_manifest(out_dir / SUBSET, status="running", layout=spark_engine.LAYOUT, **fields)
     shards = scan_shards(pool_dir)
     columns = shard_columns(shards[0].path)
     from_tars = tarindex.image_column(pool_dir)  # images in tar shards: read after the filter
-    frame = spark_engine.read_pool(spark, shards, [c for c in columns if c != from_tars])
+    frame = read_pool(spark, shards, [c for c in columns if c != from_tars])
     rows_in = frame.count()
     for name in stage_names:
-        frame = frame.join(spark_engine.read_parts(spark, out_dir / name), on="uid", how="left")
+        frame = frame.join(read_parts(spark, out_dir / name), on="uid", how="left")
     if any(c not in frame.columns for c in select.columns()):
         missing = [c for c in select.columns() if c not in frame.columns]
         raise RecipeError(f"select {select.text!r} names unknown column(s) {missing}; available: {sorted(frame.columns)}")
