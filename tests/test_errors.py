@@ -149,3 +149,23 @@ def test_embeddings_of_two_dimensions_name_the_stage_and_shard(tmp_path, capsys)
 def test_debug_shows_the_traceback(tiny_pool, tmp_path):
     with pytest.raises(Exception, match="not an allowed expression"):
         main(["--debug", "subset", "--pool", str(tiny_pool), "--out", str(tmp_path), "--select", "(SELECT 1)"])
+
+
+@pytest.mark.spark
+def test_on_spark_a_fit_pass_failing_without_uids_runs_again_to_name_the_row(tiny_pool, tmp_path, spark):
+    """Spark's fit passes read no uid when the stage does not (score): the failing pass runs again with
+    uids, so the error names the shard, row and uid as the local engine's does."""
+    from curate import pipeline
+    from curate.errors import StageError
+    from tests.helpers import config
+
+    for shard, rows in (("00000.parquet", 40), ("00001.parquet", 0), ("00002.parquet", 35), ("00003.parquet", 25)):
+        values = [f"0.{i % 9 + 1}" for i in range(rows)]
+        if shard == "00002.parquet":
+            values[7] = "n/a"
+        with_column(tiny_pool, shard, "clip_l14_similarity_score", pa.array(values, pa.string()))
+    with pytest.raises(StageError) as raised:
+        pipeline.run_stage("score", config("score"), tiny_pool, tmp_path / "out", engine="spark", spark=spark)
+    uid = pq.read_table(tiny_pool / "00002.parquet").column("uid")[7].as_py()
+    assert "00002.parquet" in str(raised.value) and "row 7" in str(raised.value) and uid in str(raised.value)
+    assert not list((tmp_path / "out" / "score").glob("part-*.parquet"))

@@ -1,7 +1,8 @@
 """The Spark engine: the same stages through Spark's own DataFrame machinery.
 
-Reads the pool with ``spark.read.parquet`` (any Hadoop filesystem), joins columns of earlier
-stages by uid, runs the stage's per-batch function through ``mapInArrow``, and fits global
+A stage that reads only the pool gets one task per pool shard, which reads its shard with pyarrow as
+the local engine does (``stage_input``); any other reads its inputs with ``spark.read.parquet`` and
+joins them by uid (spark_inputs). It runs the stage's per-batch function through ``mapInArrow``, and fits global
 statistics as ``mapInArrow(partial)`` -> ``groupBy(keys).sum`` -> ``filter(having)`` ->
 collect -> finalize. No scheduler or shuffle of our own.
 
@@ -24,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ from curate.engines.spark_batches import (
     BatchKey,
     BatchPartial,
     BatchWrite,
+    ShardReader,
     group_apply,
 )
 from curate.engines.spark_inputs import input_frame, joins
@@ -139,22 +142,23 @@ def _run(plan: planning.Plan, shards: list[Shard], out_dir: Path, spark) -> dict
 
     stage, cfg = plan.stage, plan.cfg
     started = time.perf_counter()
-    frame = input_frame(spark, plan, shards, out_dir)
+    source = stage_input(spark, plan, shards, out_dir)
     installed = planning.install_frozen(plan)  # a frozen run's artifact, or one a killed run saved
-    if stage.fit and planning.load_artifact(plan.stage_dir) is None and joins(plan, shards):
+    if stage.fit and source.reader is None and planning.load_artifact(plan.stage_dir) is None and joins(plan, shards):
         # computed once per fit pass and once more to apply: keep the joined rows on the executors'
         # disks instead of joining again each time (dbp at 1M rows: 69 -> 47 s on local[2]; in memory
         # the default 1 GB heap runs out)
-        frame = frame.persist(StorageLevel.DISK_ONLY)
+        source = Input(source.frame.persist(StorageLevel.DISK_ONLY))
     try:
-        artifact = _fit(plan, frame) if stage.fit else installed
+        artifact = _fit(plan, source) if stage.fit else installed
         fit_seconds, started = round(time.perf_counter() - started, 3), time.perf_counter()
         if stage.group_by is not None:
-            rows, part_files = write_parts(_apply_groups(stage, cfg, artifact, frame), plan.stage_dir)
+            rows, part_files = write_parts(_apply_groups(stage, cfg, artifact, source.frame), plan.stage_dir)
         else:
-            rows, part_files = write_task_parts(frame, BatchApply(stage, cfg, artifact), plan.stage_dir)
+            rows, part_files = write_task_parts(source.frame, BatchApply(stage, cfg, artifact, source.reader),
+                                                plan.stage_dir)
     finally:
-        frame.unpersist()
+        source.frame.unpersist()
     if rows != sum(shard.rows for shard in shards):  # a source missing uids of the pool
         raise PoolError(f"stage {stage.name}: wrote {rows} rows, but the pool has {sum(s.rows for s in shards)}; "
                         f"an input ({', '.join(map(str, plan.source_dirs.values())) or 'the pool'}) lacks rows of it")
@@ -165,7 +169,30 @@ def _run(plan: planning.Plan, shards: list[Shard], out_dir: Path, spark) -> dict
         seconds_last_run=round(time.perf_counter() - started, 3)))  # the apply only, as on the local engine
 
 
-def _fit(plan: planning.Plan, frame) -> pa.Table:
+@dataclass(frozen=True)
+class Input:
+    """A stage's input: a DataFrame of its rows, or (``reader`` set) of pool-shard seeds whose tasks read
+    their shard themselves."""
+    frame: Any
+    reader: ShardReader | None = None
+
+    def without_uid(self) -> Input:
+        if self.reader is None:
+            return Input(self.frame.drop("uid"))
+        return Input(self.frame, ShardReader([c for c in self.reader.columns if c != "uid"]))
+
+
+def stage_input(spark, plan: planning.Plan, shards: list[Shard], out_dir: Path) -> Input:
+    """A per-row stage that reads the pool alone gets one seed row per pool shard, and each task reads
+    its shard with pyarrow as the local engine does (no parquet -> rows -> Arrow conversion in the JVM);
+    any other stage gets ``input_frame``'s join."""
+    if plan.stage.group_by is None and list(plan.sources) == [planning.POOL]:
+        seeds = spark.createDataFrame([(str(shard.path),) for shard in shards], "path string")
+        return Input(seeds.repartition(max(1, len(shards))), ShardReader(plan.sources[planning.POOL]))
+    return Input(input_frame(spark, plan, shards, out_dir))
+
+
+def _fit(plan: planning.Plan, source: Input) -> pa.Table:
     """The fit passes over ``frame``, without its uid column unless the stage reads uids (as on the local
     engine: decoding 32-character uids costs far more than the columns a fit reads). A pass that fails
     without uids runs again with them, so its error names the failing row."""
@@ -173,26 +200,27 @@ def _fit(plan: planning.Plan, frame) -> pa.Table:
     if artifact is not None:
         return artifact
     stage, cfg = plan.stage, plan.cfg
-    lean = frame if "uid" in stage.reads(cfg) else frame.drop("uid")
+    lean = source if "uid" in stage.reads(cfg) else source.without_uid()
     for number, step in enumerate(stage.fit.passes):
         try:
             table = _fit_pass(plan, lean, number, artifact)
         except Exception as error:
-            if lean is frame or MARKER not in str(error):
+            if lean is source or MARKER not in str(error):
                 raise
-            table = _fit_pass(plan, frame, number, artifact)  # raises again, naming the row
+            table = _fit_pass(plan, source, number, artifact)  # raises again, naming the row
         with local_failures(stage.name, f"fit pass {step.name}: finalize", plan.stage_dir):
             artifact = step.finalize(table, cfg, artifact)
     planning.save_artifact(plan, artifact)
     return artifact
 
 
-def _fit_pass(plan: planning.Plan, frame, number: int, previous: pa.Table | None) -> pa.Table:
+def _fit_pass(plan: planning.Plan, source: Input, number: int, previous: pa.Table | None) -> pa.Table:
     """Pass ``number``'s partials of every batch, summed by its keys, in key order."""
     from pyspark.sql import functions as F
 
     stage, cfg, step = plan.stage, plan.cfg, plan.stage.fit.passes[number]
-    partials = frame.mapInArrow(BatchPartial(stage, cfg, number, previous), _spark_schema(step.schema))
+    partials = source.frame.mapInArrow(BatchPartial(stage, cfg, number, previous, source.reader),
+                                       _spark_schema(step.schema))
     merged = partials.groupBy(*step.keys).agg(*[F.sum(c).alias(c) for c in step.sums()])
     having = step.having(cfg) if step.having else None
     if having:
@@ -233,7 +261,7 @@ def write_task_parts(frame, apply: BatchApply, target_dir: Path) -> tuple[int, d
     the job's successful task attempts reported are moved in (a failed or duplicate attempt's are not)."""
     tmp_dir = _scratch(target_dir)
     tmp_dir.mkdir(parents=True)
-    writer = BatchWrite(apply.stage, apply.cfg, apply.artifact, str(tmp_dir))
+    writer = BatchWrite(apply.stage, apply.cfg, apply.artifact, str(tmp_dir), apply.reader)
     written = frame.mapInArrow(writer, _spark_schema(WRITTEN)).toArrow()
     return _move_parts(tmp_dir, [tmp_dir / name for name in sorted(written.column("file").to_pylist())], target_dir)
 

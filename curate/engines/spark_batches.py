@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from curate.contract import Stage
 from curate.engines.failures import marked
-from curate.pool import repair_text
+from curate.pool import read_shard, repair_text
 from curate.runio import atomic_path
 
 
@@ -25,15 +25,38 @@ def repaired(table: pa.Table) -> pa.Table:
     return repair_text(table, "a Spark batch")
 
 
-class BatchPartial:
-    """mapInArrow function: pass ``number``'s partial of every batch (a picklable value)."""
+class ShardReader:
+    """Turns seed rows (``path``: one pool shard each) into that shard's columns, read by the task with
+    pyarrow as the local engine reads them (curate.pool.read_shard: invalid UTF-8 repaired, uids
+    checked, tar-kept images read from the tars), one table per shard."""
 
-    def __init__(self, stage: Stage, cfg: Any, number: int, previous: pa.Table | None):
-        self.stage, self.cfg, self.number, self.previous = stage, cfg, number, previous
+    def __init__(self, columns: list[str]):
+        self.columns = columns
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
+        for batch in batches:
+            for path in batch.column("path").to_pylist():
+                yield read_shard(Path(path), self.columns)
+
+
+def tables(batches: Iterator[pa.RecordBatch], reader: ShardReader | None) -> Iterator[pa.Table]:
+    """A task's input tables: Spark's Arrow batches (repaired), or with ``reader`` the shards its seeds name."""
+    if reader is not None:
+        yield from reader(batches)
+        return
+    for batch in batches:
+        yield repaired(pa.Table.from_batches([batch]))
+
+
+class BatchPartial:
+    """mapInArrow function: pass ``number``'s partial of every batch (a picklable value); ``reader``: the
+    batches are shard seeds (ShardReader)."""
+
+    def __init__(self, stage: Stage, cfg: Any, number: int, previous: pa.Table | None, reader: ShardReader | None = None):
+        self.stage, self.cfg, self.number, self.previous, self.reader = stage, cfg, number, previous, reader
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            table = repaired(pa.Table.from_batches([batch]))
+        for table in tables(batches, self.reader):
             try:
                 result = self.stage.checked_partial(self.number, table, self.cfg, self.previous)
             except Exception as error:
@@ -42,14 +65,14 @@ class BatchPartial:
 
 
 class BatchApply:
-    """mapInArrow function: the stage's apply on every batch."""
+    """mapInArrow function: the stage's apply on every batch; ``reader``: the batches are shard seeds."""
 
-    def __init__(self, stage: Stage, cfg: Any, artifact: pa.Table | None):
-        self.stage, self.cfg, self.artifact = stage, cfg, artifact
+    def __init__(self, stage: Stage, cfg: Any, artifact: pa.Table | None, reader: ShardReader | None = None):
+        self.stage, self.cfg, self.artifact, self.reader = stage, cfg, artifact, reader
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            yield from self.apply(repaired(pa.Table.from_batches([batch]))).to_batches()
+        for table in tables(batches, self.reader):
+            yield from self.apply(table).to_batches()
 
     def apply(self, table: pa.Table, step: str = "apply") -> pa.Table:
         try:
@@ -104,8 +127,9 @@ class BatchWrite(BatchApply):
     file (its name and rows). The driver moves only the files its job's successful tasks reported
     (``spark.write_task_parts``): the output rows never go back through the JVM."""
 
-    def __init__(self, stage: Stage, cfg: Any, artifact: pa.Table | None, directory: str):
-        super().__init__(stage, cfg, artifact)
+    def __init__(self, stage: Stage, cfg: Any, artifact: pa.Table | None, directory: str,
+                 reader: ShardReader | None = None):
+        super().__init__(stage, cfg, artifact, reader)
         self.directory = directory
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -114,8 +138,8 @@ class BatchWrite(BatchApply):
 
         from pyspark import TaskContext
 
-        batches = iter(batches)
-        first = next(batches, None)
+        inputs = tables(batches, self.reader)
+        first = next(inputs, None)
         if first is None:  # an empty task writes no file
             return
         context = TaskContext.get()
@@ -123,8 +147,8 @@ class BatchWrite(BatchApply):
         name = f"part-{partition:05d}-{attempt}-{uuid.uuid4().hex[:12]}.parquet"
         schema, rows = self.stage.output_schema(), 0
         with atomic_path(Path(self.directory) / name) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for batch in itertools.chain([first], batches):
-                output = self.apply(repaired(pa.Table.from_batches([batch]))).select(schema.names).cast(schema)
+            for table in itertools.chain([first], inputs):
+                output = self.apply(table).select(schema.names).cast(schema)
                 writer.write_table(output)
                 rows += output.num_rows
         yield pa.RecordBatch.from_pydict({"file": [name], "rows": [rows]}, schema=WRITTEN)
