@@ -5,10 +5,11 @@
   are ``clusters`` distinct rows drawn by numpy's ``default_rng(seed).permutation`` (faiss draws its own
   permutation, so the two start apart and end with different centroids of the same quality); each
   iteration assigns every row to its nearest centroid (L2: largest x.c - |c|^2 / 2; spherical: largest
-  x.c), moves each centroid to the mean of its rows (spherical: then to unit length), and gives an
-  empty cluster half of the largest one, as faiss does (the largest centroid nudged by 1 +- 1/1024 in
-  alternate coordinates, its rows split between the two at the next assignment). The result depends
-  on the device's float32 reductions: the same device gives the same centroids.
+  x.c), moves each centroid to the mean of its rows (spherical: then to unit length), and splits a
+  cluster for each empty one as faiss does: the two centroids are the split one's scaled by 1 +- 1/1024
+  in alternate coordinates, and the next assignment divides its rows. faiss picks the cluster to split
+  at random, weighted by size; here it is the largest, so no random state is needed. The result
+  depends on the device's float32 reductions: the same device gives the same centroids.
 - ``Candidates``: for ``curate.kernels.kmeans.assign``, the float32 scores on the device and the
   centroids within the rounding bound of each row's best; the exact float64 decision among them
   stays on the CPU, so assignment gives the same ids on every device.
@@ -76,7 +77,7 @@ def train(vectors: np.ndarray, clusters: int, *, iterations: int, seed: int, sph
 
 
 def _split_empty(centroids, sizes) -> None:
-    """Each empty cluster takes the place of half of the (then) largest: faiss' split, deterministic."""
+    """Each empty cluster takes half of the (then) largest one: faiss' split, on the largest cluster."""
     import torch
 
     sizes = sizes.clone()
