@@ -11,6 +11,13 @@ import pytest
 from tests.helpers import write_pool
 
 
+@pytest.fixture(autouse=True, scope="session")
+def pool_check_cache(tmp_path_factory):
+    """The machine-wide pool-check cache (curate.pipeline.pool_check_cache) in this run's scratch,
+    not the user's ~/.cache (subprocesses inherit it)."""
+    os.environ["CURATE_POOL_CHECK_CACHE"] = str(tmp_path_factory.mktemp("pool-checks"))
+
+
 @pytest.fixture
 def tiny_pool(tmp_path: Path) -> Path:
     return write_pool(tmp_path / "pool", [40, 0, 35, 25])

@@ -233,3 +233,18 @@ def test_spark_repairs_invalid_utf8_like_the_local_engine(tmp_path, spark):
     pipeline.run_recipe(recipe, pool, tmp_path / "spark", engine="spark", spark=spark)
     for stage in ("basic", "align"):
         assert table(tmp_path / "spark", stage).equals(table(tmp_path / "local", stage)), stage
+
+
+def test_the_pool_check_is_remembered_for_every_run_directory_until_a_shard_changes(tiny_pool, tmp_path, monkeypatch):
+    monkeypatch.setenv("CURATE_POOL_CHECK_CACHE", str(tmp_path / "checks"))
+    rows = pipeline.check_pool(tiny_pool, tmp_path / "a")
+    assert rows == 100 and len(list((tmp_path / "checks").glob("*.json"))) == 1
+    calls = []
+    monkeypatch.setattr(pipeline, "check_unique_uids", lambda pool: calls.append(pool) or rows)
+    assert pipeline.check_pool(tiny_pool, tmp_path / "b") == rows and calls == []  # another run directory
+    shard = tiny_pool / "00002.parquet"
+    pq.write_table(pq.read_table(shard).slice(1), shard)  # a shard changed: checked again
+    pipeline.check_pool(tiny_pool, tmp_path / "c")
+    assert calls == [tiny_pool]
+    monkeypatch.setenv("CURATE_POOL_CHECK_CACHE", "/proc/no-such-place")  # cannot be written: a warning only
+    assert pipeline.check_pool(tiny_pool, tmp_path / "d") == rows
