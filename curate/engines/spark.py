@@ -39,7 +39,6 @@ from curate.engines.spark_batches import (
     GROUP_KEY,
     LOOSE,
     WRITTEN,
-    BatchApply,
     BatchKey,
     BatchPartial,
     BatchWrite,
@@ -67,7 +66,7 @@ SQL_DEFAULTS = {
     "spark.sql.execution.arrow.maxRecordsPerBatch": "1000000",
     "spark.sql.execution.arrow.maxBytesPerBatch": str(64 << 20),
     "spark.sql.parquet.compression.codec": "zstd",
-    "spark.sql.shuffle.partitions": os.environ.get("CURATE_SPARK_SHUFFLE_PARTITIONS", "8"),
+    "spark.sql.shuffle.partitions": "8",  # CURATE_SPARK_SHUFFLE_PARTITIONS, read in get_spark, overrides it
 }
 
 
@@ -88,7 +87,8 @@ def get_spark(master: str | None = None, app: str = "curate"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
     spark = builder.config("spark.ui.showConsoleProgress", "false").getOrCreate()
-    for key, value in SQL_DEFAULTS.items():
+    shuffle = {"spark.sql.shuffle.partitions": os.environ.get("CURATE_SPARK_SHUFFLE_PARTITIONS", "8")}
+    for key, value in {**SQL_DEFAULTS, **shuffle}.items():
         if spark.conf.get(key, None) is None:  # not set by the user (spark-submit --conf, spark-defaults.conf)
             spark.conf.set(key, value)
     spark.sparkContext.setLogLevel("ERROR")
@@ -155,8 +155,7 @@ def _run(plan: planning.Plan, shards: list[Shard], out_dir: Path, spark) -> dict
         if stage.group_by is not None:
             rows, part_files = write_parts(_apply_groups(stage, cfg, artifact, source.frame), plan.stage_dir)
         else:
-            rows, part_files = write_task_parts(source.frame, BatchApply(stage, cfg, artifact, source.reader),
-                                                plan.stage_dir)
+            rows, part_files = write_task_parts(source, stage, cfg, artifact, plan.stage_dir)
     finally:
         source.frame.unpersist()
     if rows != sum(shard.rows for shard in shards):  # a source missing uids of the pool
@@ -256,13 +255,14 @@ def write_parts(frame, target_dir: Path) -> tuple[int, dict[str, list]]:
     return _move_parts(tmp_dir, sorted(tmp_dir.glob("part-*.parquet")), target_dir)
 
 
-def write_task_parts(frame, apply: BatchApply, target_dir: Path) -> tuple[int, dict[str, list]]:
+def write_task_parts(source: Input, stage: Stage, cfg: Any, artifact: pa.Table | None,
+                     target_dir: Path) -> tuple[int, dict[str, list]]:
     """``write_parts`` of a per-batch apply whose tasks write their own files (BatchWrite): only the files
     the job's successful task attempts reported are moved in (a failed or duplicate attempt's are not)."""
     tmp_dir = _scratch(target_dir)
     tmp_dir.mkdir(parents=True)
-    writer = BatchWrite(apply.stage, apply.cfg, apply.artifact, str(tmp_dir), apply.reader)
-    written = frame.mapInArrow(writer, _spark_schema(WRITTEN)).toArrow()
+    writer = BatchWrite(stage, cfg, artifact, str(tmp_dir), source.reader)
+    written = source.frame.mapInArrow(writer, _spark_schema(WRITTEN)).toArrow()
     return _move_parts(tmp_dir, [tmp_dir / name for name in sorted(written.column("file").to_pylist())], target_dir)
 
 
